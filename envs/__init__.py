@@ -1,0 +1,26 @@
+"""Single-step verifier environments for LLM reinforcement learning (import name: sfpo_envs).
+
+Importing this package registers the ``sfpo/...`` gymnasium ids:
+``gymnasium.make("sfpo/Arithmetic-v0", split="test")``.
+"""
+
+import gymnasium as gym
+
+from sfpo_envs.base import RewardFnEnv, TextSpace, Verdict, VerifierEnv
+
+_ENVS = {
+    "sfpo/Arithmetic-v0": "sfpo_envs.arithmetic:ArithmeticEnv",
+}
+
+
+def _register_all() -> None:
+    for env_id, entry_point in _ENVS.items():
+        if env_id not in gym.registry:
+            # The passive checker would call step() without reset() semantics we rely on;
+            # our own tests check the contract instead.
+            gym.register(id=env_id, entry_point=entry_point, disable_env_checker=True)
+
+
+_register_all()
+
+__all__ = ["RewardFnEnv", "TextSpace", "Verdict", "VerifierEnv"]
