@@ -1,0 +1,1 @@
+"""SFPO (Slow-Fast Policy Optimization) as a Ray RLlib algorithm."""
