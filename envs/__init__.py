@@ -7,9 +7,13 @@ Importing this package registers the ``sfpo/...`` gymnasium ids:
 import gymnasium as gym
 
 from sfpo_envs.base import RewardFnEnv, TextSpace, Verdict, VerifierEnv
+from sfpo_envs.datasets import LoadedData, load_examples
+from sfpo_envs.math_env import MathEnv
+from sfpo_envs.math_verifier import MathVerifier
 
 _ENVS = {
     "sfpo/Arithmetic-v0": "sfpo_envs.arithmetic:ArithmeticEnv",
+    "sfpo/Math-v0": "sfpo_envs.math_env:MathEnv",
 }
 
 
@@ -23,4 +27,13 @@ def _register_all() -> None:
 
 _register_all()
 
-__all__ = ["RewardFnEnv", "TextSpace", "Verdict", "VerifierEnv"]
+__all__ = [
+    "LoadedData",
+    "MathEnv",
+    "MathVerifier",
+    "RewardFnEnv",
+    "TextSpace",
+    "Verdict",
+    "VerifierEnv",
+    "load_examples",
+]
