@@ -26,6 +26,9 @@ class SamplingParams:
 class RolloutEngine(abc.ABC):
     """Samples completions; implementations: ``HFGenerateEngine`` (CPU/GPU), ``VLLMEngine`` (GPU)."""
 
+    # True when the engine samples from the runner's own module (no copy to refresh).
+    shares_policy_weights: bool = False
+
     @abc.abstractmethod
     def generate(
         self, prompt_ids: Sequence[Sequence[int]], n: int, params: SamplingParams, seed: int

@@ -19,6 +19,10 @@ class HFGenerateEngine(RolloutEngine):
         max_batch_size: rows (prompt x sample) per ``generate`` call, bounds memory.
     """
 
+    # The runner's module and this engine hold the same model object: a weight sync
+    # into the module is already a sync into the engine.
+    shares_policy_weights = True
+
     def __init__(self, model: PreTrainedModel, *, pad_token_id: int, eos_token_id: int, max_batch_size: int = 256):
         self.model = model
         self.pad_token_id = int(pad_token_id)

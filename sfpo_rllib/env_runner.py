@@ -1,0 +1,210 @@
+"""The env runner: prompts from a single-step text environment, G completions per prompt
+from a rollout engine, each scored by the environment's verifier.
+
+RLlib's ``SingleAgentEnvRunner`` cannot carry text (RLLIB_NOTES.md), so this runner is
+an ``EnvRunner`` of our own. It returns plain records; the algorithm turns them into
+training batches. Which prompts it samples and the generation seed are functions of
+(run seed, iteration, runner), never of RNG history, so a resumed run draws the same
+rollouts as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import gymnasium as gym
+import torch
+from ray.rllib.core import COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
+from ray.rllib.env.env_runner import EnvRunner
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.checkpoints import Checkpointable
+
+from sfpo_rllib.engines import SamplingParams
+from sfpo_rllib.engines.factory import make_engine
+from sfpo_rllib.env_factory import make_env
+
+
+class TextTask:
+    """Prompt and score by example index, over our env contract or plain reset/step."""
+
+    def __init__(self, env: gym.Env):
+        self.env = env
+        self.base = env.unwrapped
+        if not hasattr(self.base, "__len__"):
+            raise TypeError(
+                f"Environment {type(self.base).__name__} has no __len__: the trainer draws "
+                "problems by index. Subclass sfpo_envs.VerifierEnv (or RewardFnEnv)."
+            )
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def prompt(self, index: int) -> tuple[str, list[dict]]:
+        text, info = self.env.reset(options={"index": index})
+        return text, info.get("messages") or [{"role": "user", "content": text}]
+
+    def score(self, completions: Sequence[str], indices: Sequence[int]) -> list[tuple[float, dict]]:
+        if hasattr(self.base, "score"):  # batched (the code verifier runs a pool)
+            return [(float(v.reward), {"correct": v.correct, **v.info}) for v in self.base.score(completions, indices)]
+        out = []
+        for completion, index in zip(completions, indices):
+            self.env.reset(options={"index": index})
+            _, reward, _, _, info = self.env.step(completion)
+            out.append((float(reward), info))
+        return out
+
+
+class SFPOEnvRunner(EnvRunner, Checkpointable):
+    """Samples rollouts for SFPO/GRPO; one per Ray actor (or one local)."""
+
+    def __init__(self, *, config, **kwargs):
+        super().__init__(config=config, **kwargs)
+        from transformers import AutoTokenizer
+
+        self.worker_index = self.worker_index or 0
+        self.model_path = self.config.resolved_model_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.eos_token_id = self.tokenizer.eos_token_id
+        if self.eos_token_id is None:
+            raise ValueError(f"The tokenizer of `model` ({self.config.model!r}) has no eos token; set one.")
+        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
+        torch.set_num_threads(max(1, int(self.config.torch_threads_per_runner or torch.get_num_threads())))
+        self.module = self.config.get_rl_module_spec(inference_only=True).build()
+        self.module.eval()
+        self.engine = make_engine(self.config, self.module, pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id)
+        self.train_task = TextTask(make_env(self.config.env, self.config.env_config))
+        self._test_task: TextTask | None = None
+        self.weights_seq_no = 0
+
+    # ----- rollouts -----------------------------------------------------------------
+    def _sampling(self, temperature: float | None = None) -> SamplingParams:
+        c = self.config
+        return SamplingParams(
+            max_new_tokens=c.max_new_tokens,
+            temperature=c.temperature if temperature is None else temperature,
+            top_p=c.top_p,
+            top_k=c.top_k,
+        )
+
+    def _encode(self, task: TextTask, indices: Sequence[int]) -> list[list[int]]:
+        use_chat = self.config.chat_template == "always" or (
+            self.config.chat_template == "auto" and getattr(self.tokenizer, "chat_template", None)
+        )
+        encoded = []
+        for index in indices:
+            text, messages = task.prompt(int(index))
+            if use_chat:
+                if not getattr(self.tokenizer, "chat_template", None):
+                    raise ValueError(
+                        f"`chat_template` is 'always' but the tokenizer of {self.config.model!r} has "
+                        "none; set chat_template='none' or use a model with a chat template."
+                    )
+                ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+                if isinstance(ids, dict) or hasattr(ids, "keys"):
+                    ids = ids["input_ids"]
+            else:
+                ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+            ids = list(ids)
+            limit = self.config.max_prompt_tokens
+            if limit and len(ids) > limit:
+                raise ValueError(
+                    f"Prompt of example {index} has {len(ids)} tokens, over `max_prompt_tokens` "
+                    f"({limit}). Raise `max_prompt_tokens` or drop long rows from the data."
+                )
+            encoded.append(ids)
+        return encoded
+
+    def _rollout(self, task: TextTask, indices: Sequence[int], n: int, seed: int, temperature=None):
+        t0 = time.perf_counter()
+        prompts = self._encode(task, indices)
+        completions = self.engine.generate(prompts, n, self._sampling(temperature), seed)
+        t1 = time.perf_counter()
+        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        expanded = [int(i) for i in indices for _ in range(n)]
+        verdicts = task.score(texts, expanded)
+        t2 = time.perf_counter()
+        return prompts, completions, verdicts, expanded, t1 - t0, t2 - t1
+
+    def sample(self, *, indices: Sequence[int] = (), seed: int = 0, **kwargs) -> dict[str, Any]:
+        """G completions for each prompt index; returns plain per-completion records."""
+        g = self.config.group_size
+        prompts, completions, verdicts, expanded, t_gen, t_verify = self._rollout(self.train_task, indices, g, seed)
+        records = []
+        for row, (completion, (reward, info), index) in enumerate(zip(completions, verdicts, expanded)):
+            records.append(
+                {
+                    "prompt_index": index,
+                    "prompt_ids": prompts[row // g],
+                    "completion_ids": completion,
+                    "reward": reward,
+                    "correct": bool(info.get("correct", reward >= 1.0)),
+                    "timed_out": bool(info.get("timed_out", False)),
+                    "stopped": bool(completion) and completion[-1] == self.eos_token_id,
+                }
+            )
+        self.num_env_steps_sampled_lifetime += len(records)
+        return {"records": records, "time_generate_s": t_gen, "time_verify_s": t_verify}
+
+    def evaluate(self, *, indices: Sequence[int], samples_per_problem: int, seed: int) -> dict[str, Any]:
+        """Per-problem correct counts on the held-out split at the training temperature."""
+        if self._test_task is None:
+            self._test_task = TextTask(make_env(self.config.env, self.config.env_config, **self.config.test_env_config))
+        _, _, verdicts, expanded, t_gen, t_verify = self._rollout(self._test_task, indices, samples_per_problem, seed)
+        correct: dict[int, int] = {}
+        for (reward, info), index in zip(verdicts, expanded):
+            correct[index] = correct.get(index, 0) + int(bool(info.get("correct", reward >= 1.0)))
+        return {"correct": correct, "time_s": t_gen + t_verify}
+
+    def num_problems(self, split: str = "train") -> int:
+        if split == "train":
+            return len(self.train_task)
+        if self._test_task is None:
+            self._test_task = TextTask(make_env(self.config.env, self.config.env_config, **self.config.test_env_config))
+        return len(self._test_task)
+
+    # ----- EnvRunner / Checkpointable API -------------------------------------------
+    @override(EnvRunner)
+    def assert_healthy(self):
+        assert self.module is not None and self.engine is not None
+
+    @override(EnvRunner)
+    def get_spaces(self):
+        space = self.train_task.base.observation_space, self.train_task.base.action_space
+        return {"__env__": space, DEFAULT_MODULE_ID: space}
+
+    @override(EnvRunner)
+    def get_metrics(self):
+        return self.metrics.reduce()
+
+    @override(Checkpointable)
+    def get_state(self, components=None, *, not_components=None, **kwargs) -> dict:
+        return {
+            COMPONENT_RL_MODULE: {DEFAULT_MODULE_ID: self.module.get_state()},
+            "weights_seq_no": self.weights_seq_no,
+            "num_env_steps_sampled_lifetime": self.num_env_steps_sampled_lifetime,
+        }
+
+    @override(Checkpointable)
+    def set_state(self, state: dict) -> None:
+        if COMPONENT_RL_MODULE in state:
+            module_state = state[COMPONENT_RL_MODULE]
+            module_state = module_state.get(DEFAULT_MODULE_ID, module_state)
+            self.module.set_state(module_state)
+            if not self.engine.shares_policy_weights:
+                self.engine.load_weights(self.module.hf_state_dict())
+        self.weights_seq_no = state.get("weights_seq_no", self.weights_seq_no)
+        self.num_env_steps_sampled_lifetime = state.get(
+            "num_env_steps_sampled_lifetime", self.num_env_steps_sampled_lifetime
+        )
+
+    @override(Checkpointable)
+    def get_ctor_args_and_kwargs(self):
+        return (), {"config": self.config}
+
+    @override(EnvRunner)
+    def stop(self) -> None:
+        self.engine.close()
+        for task in (self.train_task, self._test_task):
+            if task is not None:
+                task.env.close()
