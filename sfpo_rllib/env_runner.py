@@ -67,13 +67,13 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.eos_token_id = self.tokenizer.eos_token_id
         if self.eos_token_id is None:
-            raise ValueError(f"The tokenizer of `model` ({self.config.model!r}) has no eos token; set one.")
+            raise ValueError(f"The tokenizer of `model` ({self.config.model_name_or_path!r}) has no eos token; set one.")
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
         torch.set_num_threads(max(1, int(self.config.torch_threads_per_runner or torch.get_num_threads())))
-        self.module = self.config.get_rl_module_spec(inference_only=True).build()
+        self.train_task = TextTask(make_env(self.config.env, self.config.env_config))
+        self.module = self.config.get_rl_module_spec(spaces=self.get_spaces(), inference_only=True).build()
         self.module.eval()
         self.engine = make_engine(self.config, self.module, pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id)
-        self.train_task = TextTask(make_env(self.config.env, self.config.env_config))
         self._test_task: TextTask | None = None
         self.weights_seq_no = 0
 
@@ -97,7 +97,7 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
             if use_chat:
                 if not getattr(self.tokenizer, "chat_template", None):
                     raise ValueError(
-                        f"`chat_template` is 'always' but the tokenizer of {self.config.model!r} has "
+                        f"`chat_template` is 'always' but the tokenizer of {self.config.model_name_or_path!r} has "
                         "none; set chat_template='none' or use a model with a chat template."
                     )
                 ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)

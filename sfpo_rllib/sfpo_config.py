@@ -38,7 +38,7 @@ class SFPOConfig(AlgorithmConfig):
     ...     SFPOConfig()
     ...     .environment("sfpo/Arithmetic-v0")
     ...     .training(fast_steps=3, reposition_alpha=0.8, group_size=8, lr=1e-4)
-    ...     .generation(model="sfpo-tiny-arithmetic", max_new_tokens=16)
+    ...     .generation(model_name_or_path="sfpo-tiny-arithmetic", max_new_tokens=16)
     ... )
     """
 
@@ -71,7 +71,7 @@ class SFPOConfig(AlgorithmConfig):
         self.weight_decay = 0.01
         self.adam_betas = (0.9, 0.999)
         # --- policy and rollouts (generation()) ---
-        self.model = TINY_MODEL_NAME
+        self.model_name_or_path = TINY_MODEL_NAME
         self.model_dtype = "float32"
         self.gradient_checkpointing = False
         self.max_new_tokens = 2560
@@ -138,7 +138,7 @@ class SFPOConfig(AlgorithmConfig):
     def generation(
         self,
         *,
-        model=NotProvided,
+        model_name_or_path=NotProvided,
         model_dtype=NotProvided,
         gradient_checkpointing=NotProvided,
         max_new_tokens=NotProvided,
@@ -155,7 +155,7 @@ class SFPOConfig(AlgorithmConfig):
         """The policy model and how rollouts are sampled.
 
         Args:
-            model: a local Hugging Face checkpoint folder, a hub name already in the local
+            model_name_or_path: a local Hugging Face checkpoint folder, a hub name already in the local
                 Hugging Face cache, or "sfpo-tiny-arithmetic" (built on first use).
             model_dtype: "float32", "bfloat16" or "float16" parameters.
             gradient_checkpointing: recompute activations in the backward pass (big models).
@@ -201,7 +201,7 @@ class SFPOConfig(AlgorithmConfig):
         """The model's local path (builds the embedded tiny model on first use)."""
         from sfpo_rllib.tiny_model import resolve_model
 
-        return resolve_model(self.model)
+        return resolve_model(self.model_name_or_path)
 
     @override(AlgorithmConfig)
     def get_default_rl_module_spec(self) -> RLModuleSpec:
@@ -314,26 +314,26 @@ class SFPOConfig(AlgorithmConfig):
             check_env_id(self.env)
         except ValueError as err:
             self._value_error(str(err))
-        if self.model == TINY_MODEL_NAME:
+        if self.model_name_or_path == TINY_MODEL_NAME:
             return
-        if not isinstance(self.model, str) or not self.model:
-            self._value_error(f"`model` ({self.model!r}) must be a checkpoint folder or a hub name.")
-        path = os.path.expanduser(self.model)
+        if not isinstance(self.model_name_or_path, str) or not self.model_name_or_path:
+            self._value_error(f"`model_name_or_path` ({self.model_name_or_path!r}) must be a checkpoint folder or a hub name.")
+        path = os.path.expanduser(self.model_name_or_path)
         if os.path.isdir(path):
             if not os.path.isfile(os.path.join(path, "config.json")):
-                self._value_error(f"`model` ({self.model!r}) is a folder without config.json: not a Hugging "
+                self._value_error(f"`model_name_or_path` ({self.model_name_or_path!r}) is a folder without config.json: not a Hugging "
                                   "Face checkpoint. Point it at the folder that save_pretrained wrote.")
             return
-        if self.model.startswith((".", "/", "~")) or os.path.exists(path):
-            self._value_error(f"`model` ({self.model!r}) is not an existing folder. Give the path of a local "
+        if self.model_name_or_path.startswith((".", "/", "~")) or os.path.exists(path):
+            self._value_error(f"`model_name_or_path` ({self.model_name_or_path!r}) is not an existing folder. Give the path of a local "
                               "Hugging Face checkpoint folder (with config.json).")
         try:
             from transformers import AutoConfig
 
-            AutoConfig.from_pretrained(self.model, local_files_only=True)
+            AutoConfig.from_pretrained(self.model_name_or_path, local_files_only=True)
         except Exception:
             self._value_error(
-                f"`model` ({self.model!r}) is neither a local folder nor a model in the local Hugging Face "
+                f"`model_name_or_path` ({self.model_name_or_path!r}) is neither a local folder nor a model in the local Hugging Face "
                 "cache; sfpo-rllib never downloads at run time. Download it first (huggingface-cli "
                 "download NAME) or pass a local checkpoint folder."
             )

@@ -1,0 +1,129 @@
+"""``sfpo-rllib``: the command-line tool, in the spirit of the old ``rllib train``.
+
+  sfpo-rllib train --algo SFPO --env sfpo/Arithmetic-v0 --config '{"lr": 1e-4}' \\
+      --stop-iters 50 --seed 0 --output runs/arith
+  sfpo-rllib train file tuned_examples/arithmetic_sfpo.py --stop-iters 5 --output runs/x
+
+A tuned-example file defines ``config`` (an SFPOConfig) and may define ``stop_iters``;
+flags given on the command line override it. ``--config`` takes any setting by name,
+RLlib's included (``num_learners``, ``num_env_runners``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import runpy
+import sys
+import time
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sfpo-rllib", description="SFPO / GRPO for LLMs on Ray RLlib.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a policy (from flags, or from a tuned-example file)")
+    train.add_argument("source", nargs="?", choices=["file"], help="'file PATH' to start from a tuned example")
+    train.add_argument("path", nargs="?", help="the tuned-example file (after 'file')")
+    train.add_argument("--algo", choices=["SFPO", "GRPO"], help="algorithm (default SFPO, or the file's)")
+    train.add_argument("--env", help="gymnasium id, e.g. sfpo/Arithmetic-v0 or your_pkg:Your/Id-v0")
+    train.add_argument("--config", default="{}", help="JSON object of settings, e.g. '{\"lr\": 1e-4}'")
+    train.add_argument("--stop-iters", type=int, help="number of training iterations (default: the file's, else 100)")
+    train.add_argument("--seed", type=int, help="run seed (the same seed repeats the run)")
+    train.add_argument("--output", help="output folder (default runs/<algo>-<time>)")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
+    train.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
+    train.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _fail(message: str) -> "NoReturn":  # noqa: F821
+    print(f"sfpo-rllib: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def build_config(args: argparse.Namespace):
+    """The run's config: the file's (if any), then --algo, --env, --config and --seed on top."""
+    from sfpo_rllib import ALGORITHMS
+
+    stop_iters = None
+    if args.source == "file":
+        if not args.path or not os.path.isfile(args.path):
+            _fail(f"tuned-example file {args.path!r} does not exist.")
+        namespace = runpy.run_path(args.path)
+        if "config" not in namespace:
+            _fail(f"{args.path} defines no `config`; a tuned example must set `config = SFPOConfig()...`.")
+        config = namespace["config"]
+        stop_iters = namespace.get("stop_iters")
+        if args.algo and type(config) is not ALGORITHMS[args.algo][1]:
+            settings = config.to_dict()
+            config = ALGORITHMS[args.algo][1]().update_from_dict(settings)
+            if args.algo == "GRPO":
+                config.fast_steps = 0  # GRPO is SFPO with the fast stage off
+    elif args.path:
+        _fail(f"unexpected argument {args.path!r}; did you mean 'train file {args.path}'?")
+    else:
+        config = ALGORITHMS[args.algo or "SFPO"][1]()
+        if not args.env:
+            _fail("--env is required (e.g. --env sfpo/Arithmetic-v0) unless you train from a file.")
+    if args.env:
+        config.environment(args.env)
+    try:
+        overrides = json.loads(args.config)
+    except json.JSONDecodeError as err:
+        _fail(f"--config is not valid JSON ({err}): {args.config!r}")
+    if not isinstance(overrides, dict):
+        _fail(f"--config must be a JSON object of settings, got {type(overrides).__name__}.")
+    for key in overrides:
+        if not hasattr(config, key):
+            close = difflib.get_close_matches(key, [k for k in vars(config) if not k.startswith("_")], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            _fail(f"--config: unknown setting {key!r}.{hint}")
+    config.update_from_dict(overrides)
+    if args.seed is not None:
+        config.debugging(seed=args.seed)
+    return config, stop_iters
+
+
+def train(args: argparse.Namespace) -> None:
+    config, file_stop_iters = build_config(args)
+    try:
+        config.validate()
+    except ValueError as err:
+        _fail(str(err).split("\nTo suppress all validation errors")[0])
+    stop_iters = args.stop_iters or file_stop_iters or 100
+    output = args.output or os.path.join("runs", f"{type(config).__name__.removesuffix('Config')}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+    import ray
+
+    from sfpo_rllib.train_run import run_training
+
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False)
+    try:
+        last = run_training(
+            config,
+            stop_iters=stop_iters,
+            output_dir=output,
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
+            progress=not args.no_progress,
+        )
+    except ValueError as err:
+        _fail(str(err))
+    finally:
+        ray.shutdown()
+    shown = {k: last[k] for k in ("iteration", "rollouts", "reward_mean", "test_accuracy") if k in last}
+    print(f"done: {json.dumps(shown)}\nmetrics: {os.path.join(output, 'metrics.jsonl')}\n"
+          f"model:   {os.path.join(output, 'final_model')}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.command == "train":
+        train(args)
+
+
+if __name__ == "__main__":
+    main()
