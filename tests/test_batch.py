@@ -1,0 +1,59 @@
+"""Batch building: padding layout, eos kept where pad == eos, learner-count-invariant minibatches."""
+
+import numpy as np
+import pytest
+from ray.rllib.core import DEFAULT_MODULE_ID
+
+from sfpo_rllib.batch import ADVANTAGES, MB_INDEX, MB_NUM_SEQS, MB_NUM_TOKENS, build_learner_batches, pad_rows
+from sfpo_rllib.causal_lm_module import ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS
+
+EOS = PAD = 7  # Qwen-style: the pad token is the eos token
+
+
+def records(n, group_size=2, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        completion = list(rng.integers(10, 20, size=rng.integers(1, 5))) + [EOS]
+        out.append({"prompt_ids": list(rng.integers(10, 20, size=rng.integers(2, 6))), "completion_ids": completion,
+                    "reward": float(rng.integers(0, 2))})
+    return out
+
+
+def test_layout_is_left_padded_prompt_then_completion_and_mask_keeps_eos():
+    rows = [{"prompt_ids": [11, 12], "completion_ids": [13, EOS]}, {"prompt_ids": [14], "completion_ids": [EOS]}]
+    cols = pad_rows(rows, PAD)
+    assert cols[INPUT_IDS].tolist() == [[11, 12, 13, EOS], [PAD, 14, EOS, PAD]]
+    assert cols[ATTENTION_MASK].tolist() == [[1, 1, 1, 1], [0, 1, 1, 0]]
+    assert cols[COMPLETION_MASK].tolist() == [[1.0, 1.0], [1.0, 0.0]]  # the eos counts
+
+
+def test_two_learners_get_whole_groups_and_the_same_global_minibatches():
+    recs = records(16)
+    (single,), _ = build_learner_batches(recs, group_size=2, num_learners=0, minibatch_size_per_learner=8, pad_token_id=PAD)
+    shards, _ = build_learner_batches(recs, group_size=2, num_learners=2, minibatch_size_per_learner=4, pad_token_id=PAD)
+    one = single.policy_batches[DEFAULT_MODULE_ID]
+    a, b = (s.policy_batches[DEFAULT_MODULE_ID] for s in shards)
+    assert len(a) == len(b) == 8
+    for m in (0, 1):
+        whole = one[INPUT_IDS][one[MB_INDEX] == m]
+        split = np.concatenate([a[INPUT_IDS][a[MB_INDEX] == m], b[INPUT_IDS][b[MB_INDEX] == m]])
+        np.testing.assert_array_equal(whole, split)
+        tokens = one[COMPLETION_MASK][one[MB_INDEX] == m].sum()
+        assert set(a[MB_NUM_TOKENS][a[MB_INDEX] == m]) == {tokens} == set(b[MB_NUM_TOKENS][b[MB_INDEX] == m])
+        assert set(a[MB_NUM_SEQS]) == {8.0}
+    np.testing.assert_array_equal(np.sort(np.concatenate([a[ADVANTAGES], b[ADVANTAGES]])), np.sort(one[ADVANTAGES]))
+
+
+def test_advantages_are_computed_before_sharding():
+    recs = records(8)
+    shards, _ = build_learner_batches(recs, group_size=4, num_learners=2, minibatch_size_per_learner=4, pad_token_id=PAD)
+    (single,), _ = build_learner_batches(recs, group_size=4, num_learners=0, minibatch_size_per_learner=8, pad_token_id=PAD)
+    expected = single.policy_batches[DEFAULT_MODULE_ID][ADVANTAGES]
+    got = np.concatenate([s.policy_batches[DEFAULT_MODULE_ID][ADVANTAGES] for s in shards])
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_minibatch_that_splits_a_group_is_refused():
+    with pytest.raises(ValueError, match="whole groups"):
+        build_learner_batches(records(8), group_size=4, num_learners=0, minibatch_size_per_learner=2, pad_token_id=PAD)
