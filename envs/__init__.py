@@ -14,6 +14,7 @@ from sfpo_envs.math_verifier import MathVerifier
 _ENVS = {
     "sfpo/Arithmetic-v0": "sfpo_envs.arithmetic:ArithmeticEnv",
     "sfpo/Math-v0": "sfpo_envs.math_env:MathEnv",
+    "sfpo/Code-v0": "sfpo_envs.code_env:CodeEnv",
 }
 
 

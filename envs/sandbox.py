@@ -23,6 +23,7 @@ The fallbacks are logged once as a warning naming what is missing. ``Sandbox.run
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -58,53 +59,37 @@ _CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 # Builds the jail. Runs as root inside fresh namespaces, as pid 1 (it stays pid 1 so that
 # unshare's --kill-child tears the whole namespace down; setpriv would clear that signal).
-# Positional args: uid disk_mb n_ro ro_path... -- command...
+# Positional args: skeleton disk_mb n_binds bind_path... -- command...
 _NS_SETUP = r"""
 set -eu
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
-uid=$1 disk_mb=$2 n=$3
+S=$1 disk_mb=$2 n=$3
 shift 3
-# New root on a small tmpfs mounted over /tmp (only in this mount namespace): the jail
-# sees an allowlist of host paths, so home dirs, the repo, keys and sockets do not exist.
-R=/tmp
-mount -t tmpfs -o size=4m,mode=755 sfpo-root "$R"
+# The new root: a read-only bind of the skeleton (empty mount points, see _skeleton), so
+# the jail sees an allowlist of host paths: no home dirs, repo, keys or sockets.
+mount --bind -o ro "$S" "$S"
 while [ "$n" -gt 0 ]; do
-  p=$1; shift; n=$((n - 1))
-  [ -e "$p" ] || [ -L "$p" ] || continue
-  mkdir -p "$R$(dirname "$p")"
-  if [ -L "$p" ]; then ln -s "$(readlink "$p")" "$R$p"; continue; fi
-  if [ -d "$p" ]; then mkdir -p "$R$p"; else touch "$R$p"; fi
-  # Read-only, non-recursive bind: nothing on the host can be written or deleted, and
+  # Read-only, non-recursive binds: nothing on the host can be written or deleted, and
   # no setuid binary runs with privileges.
-  mount --bind "$p" "$R$p"
-  mount -o remount,bind,ro,nosuid,nodev "$R$p"
+  mount --bind -o ro,nosuid,nodev "$1" "$S$1"
+  shift; n=$((n - 1))
 done
 [ "$1" = "--" ] && shift
-mkdir "$R/proc" "$R/dev" "$R/tmp"
 # /proc of the new PID namespace: only the jail's own processes are visible.
-mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
-# A minimal /dev: no disks, no host /dev/shm.
-mount -t tmpfs -o size=64k,mode=755,nosuid sfpo-dev "$R/dev"
-for d in null zero full random urandom; do
-  touch "$R/dev/$d"; mount --bind "/dev/$d" "$R/dev/$d"
-done
-ln -s /proc/self/fd "$R/dev/fd"
-mkdir "$R/dev/shm"
-mount -t tmpfs -o size=8m,mode=1777,nosuid,nodev sfpo-shm "$R/dev/shm"
+mount -t proc -o nosuid,nodev,noexec proc "$S/proc"
+# A minimal /dev: no disks, no host /dev/shm (the skeleton points /dev/shm at /tmp).
+for d in null zero random urandom; do mount --bind "/dev/$d" "$S/dev/$d"; done
 # The only writable place: a size-capped tmpfs that vanishes with the namespace.
-mount -t tmpfs -o "size=${disk_mb}m,mode=1777,nosuid,nodev" sfpo-tmp "$R/tmp"
-mkdir -m 700 "$R/tmp/work"
-cat > "$R/tmp/work/main.py"
-chown -R "$uid:$uid" "$R/tmp/work"
-mount -o remount,ro "$R"
-cd "$R"
+mount -t tmpfs -o "size=${disk_mb}m,mode=1777,nosuid,nodev" sfpo-tmp "$S/tmp"
+cat > "$S/tmp/main.py"
+cd "$S"
 pivot_root . .
 umount -l .
-cd /tmp/work
+cd /tmp
 # The program starts only after this line, so it cannot fake it.
 echo %(ready)s
 set +e
-export PATH=%(child_path)s HOME=/tmp/work TMPDIR=/tmp
+export PATH=%(child_path)s HOME=/tmp TMPDIR=/tmp
 "$@" </dev/null
 exit $?
 """.replace("%(child_path)s", _CHILD_PATH).replace("%(ready)s", "sfpo-jail-ready")
@@ -214,7 +199,9 @@ class Sandbox:
         max_output_bytes: bytes of stdout and of stderr kept; past it the pipe is closed,
             so a program that floods its output gets EPIPE and ends instead of burning CPU.
         max_workers: runs at once in ``run_batch``.
-        python: interpreter for the programs (default: the one running this code).
+        python: interpreter for the programs (default: the base interpreter of the one
+            running this code, i.e. its standard library without a virtualenv's packages;
+            pass ``sys.executable`` to let programs import the trainer's packages).
         isolation: "auto" (best available, probed once), or one of ISOLATION_MODES to
             require it (SandboxError if this machine cannot provide it).
         ro_paths: host paths visible read-only in namespaces mode (plus the interpreter's).
@@ -258,7 +245,8 @@ class Sandbox:
         self.disk_mb = disk_mb
         self.max_output_bytes = max_output_bytes
         self.max_workers = max_workers
-        self.python = os.path.abspath(python or sys.executable)
+        # Default: the trainer's interpreter without its virtualenv (standard library only).
+        self.python = os.path.abspath(python or getattr(sys, "_base_executable", sys.executable))
         self.requested_isolation = isolation
         self.ro_paths = tuple(ro_paths)
         self._mode: _Mode | None = None
@@ -311,7 +299,8 @@ class Sandbox:
             mode = _Mode(name, drop_uid=name != "limits")
             slot, uid = _acquire_uid()
             try:
-                result = self._run("import os; print('sfpo-ok', os.getuid())", mode, uid)
+                # json is not a frozen module: the interpreter must reach its stdlib.
+                result = self._run("import os, json; print('sfpo-ok', os.getuid())", mode, uid)
                 ok = result.passed and result.stdout.split() == ["sfpo-ok", str(uid if mode.drop_uid else os.getuid())]
                 why = result.error or result.stdout.strip()[:200]
             except (SandboxError, OSError) as exc:
@@ -347,11 +336,12 @@ class Sandbox:
             )
             if os.geteuid() == 0:
                 missing += "; as root, the process-count limit is not enforced (a fork bomb can take the machine down)"
+        why = f"the stronger modes failed ({'; '.join(failures)})" if failures else f"isolation={name!r} was requested"
         logger.warning(
-            "sfpo sandbox: running untrusted code in the weaker '%s' mode because the "
-            "stronger modes failed (%s). That means: %s. To fix, run as root on a host "
-            "that permits `unshare` (Linux namespaces).",
-            name, "; ".join(failures), missing,
+            "sfpo sandbox: running untrusted code in the weaker '%s' mode because %s. "
+            "That means: %s. To fix, run as root on a host that permits `unshare` "
+            "(Linux namespaces) with isolation='auto'.",
+            name, why, missing,
         )
 
     # ----- one run ---------------------------------------------------------------------
@@ -388,7 +378,7 @@ class Sandbox:
         workdir = None
         try:
             if mode.name == "namespaces":
-                ro = _outermost([*self.ro_paths, *_python_prefixes_cached(self.python)])
+                skeleton, binds = _skeleton(self.ro_paths, self.python)
                 cmd = [
                     *outer, _tool("unshare"),
                     "--net",  # no network: only a down loopback, no host sockets
@@ -396,7 +386,7 @@ class Sandbox:
                     "--mount",  # private mounts for the new root below
                     "--ipc", "--uts", "--cgroup",  # no host SysV shm/semaphores, hostname
                     "--", "/bin/sh", "-c", _NS_SETUP, "sh",
-                    str(uid), str(self.disk_mb), str(len(ro)), *ro, "--", *jailed,
+                    skeleton, str(self.disk_mb), str(len(binds)), *binds, "--", *jailed,
                 ]
                 stdin_data = program.encode("utf-8", "surrogatepass")
                 cwd = "/"
@@ -525,13 +515,53 @@ class Sandbox:
         return out, truncated, False
 
 
-_prefix_cache: dict[str, tuple[str, ...]] = {}
+_skeleton_lock = threading.Lock()
+_skeletons: dict[tuple, tuple[str, list[str], int]] = {}  # key -> (dir, binds, creator pid)
 
 
-def _python_prefixes_cached(python: str) -> tuple[str, ...]:
-    if python not in _prefix_cache:
-        _prefix_cache[python] = _python_prefixes(python)
-    return _prefix_cache[python]
+def _skeleton(ro_paths: Sequence[str], python: str) -> tuple[str, list[str]]:
+    """A host directory of empty mount points mirroring ``ro_paths``: the jail's root.
+
+    Built once per process (root-owned, removed at exit) so that a run only mounts onto
+    it instead of creating its tree: half the processes per run. Returns the directory
+    and the host paths to bind into it.
+    """
+    key = (tuple(ro_paths), python)
+    with _skeleton_lock:
+        cached = _skeletons.get(key)
+        if cached is not None and cached[2] == os.getpid() and os.path.isdir(cached[0]):
+            return cached[0], cached[1]
+        root = tempfile.mkdtemp(prefix="sfpo-jail-root-")
+        os.chmod(root, 0o755)
+        atexit.register(_remove_skeleton, root, os.getpid())
+        binds = []
+        for path in _outermost([*ro_paths, *_python_prefixes(python)]):
+            inside = root + path
+            if os.path.islink(path):
+                os.makedirs(os.path.dirname(inside), mode=0o755, exist_ok=True)
+                os.symlink(os.readlink(path), inside)  # e.g. /bin -> usr/bin
+            elif os.path.isdir(path):
+                os.makedirs(inside, mode=0o755)
+                binds.append(path)
+            elif os.path.exists(path):
+                os.makedirs(os.path.dirname(inside), mode=0o755, exist_ok=True)
+                open(inside, "w").close()
+                binds.append(path)
+        for name in ("proc", "tmp", "dev"):
+            os.makedirs(os.path.join(root, name), mode=0o755, exist_ok=True)
+        for name in ("null", "zero", "random", "urandom"):
+            open(os.path.join(root, "dev", name), "w").close()
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                             ("shm", "/tmp")):
+            os.symlink(target, os.path.join(root, "dev", name))
+        _skeletons[key] = (root, binds, os.getpid())
+        return root, binds
+
+
+def _remove_skeleton(root: str, creator: int) -> None:
+    if os.getpid() == creator:  # not from a forked child that inherited the atexit hook
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _outermost(paths: Sequence[str]) -> list[str]:
