@@ -1,0 +1,43 @@
+"""Shared fixtures: the model cache, tiny random models, and a Ray instance per test."""
+
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# The embedded tiny model is built once and cached here for the whole test run.
+os.environ.setdefault("SFPO_RLLIB_CACHE", str(REPO / ".cache" / "sfpo_rllib"))
+BENCHMARKS = REPO.parent / "shared" / "data" / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def random_llama(tmp_path_factory):
+    from random_models import build
+
+    return build("llama", tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="session")
+def random_model_factory(tmp_path_factory):
+    from random_models import build
+
+    cache = {}
+
+    def make(arch):
+        if arch not in cache:
+            cache[arch] = build(arch, tmp_path_factory.mktemp(arch))
+        return cache[arch]
+
+    return make
+
+
+@pytest.fixture
+def ray_session(tmp_path):
+    """A fresh local Ray on 2 CPUs, shut down after the test; results away from ~/ray_results."""
+    import ray
+
+    os.environ["RAY_AIR_LOCAL_CACHE_DIR"] = str(tmp_path / "ray_results")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()
