@@ -1,0 +1,107 @@
+"""The policy module: log-probs and entropy of completion tokens, for Llama, Qwen2 and GPT-2."""
+
+import pytest
+import torch
+from ray.rllib.core import DEFAULT_MODULE_ID
+
+from random_models import VOCAB
+from sfpo_envs import TextSpace
+from sfpo_rllib.batch import pad_rows
+from sfpo_rllib.causal_lm_module import ATTENTION_MASK, COMPLETION_MASK, ENTROPY, INPUT_IDS, LOGP, CausalLMRLModule
+from sfpo_rllib.engines import SamplingParams
+from sfpo_rllib.engines.hf import HFGenerateEngine
+
+ROWS = [
+    {"prompt_ids": [5, 6, 7], "completion_ids": [8, 9, 1]},
+    {"prompt_ids": [10], "completion_ids": [11, 1]},
+    {"prompt_ids": [12, 13], "completion_ids": [14, 15, 16, 17]},
+]
+
+
+def module_for(path, temperature=1.0):
+    return CausalLMRLModule(
+        observation_space=TextSpace(),
+        action_space=TextSpace(),
+        model_config={"model_path": path, "temperature": temperature},
+    )
+
+
+def as_tensors(cols):
+    return {k: torch.from_numpy(v) for k, v in cols.items()}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_logp_matches_a_plain_forward_of_each_unpadded_row(random_model_factory, arch):
+    module = module_for(random_model_factory(arch), temperature=0.7)
+    out = module.forward_train(as_tensors(pad_rows(ROWS, pad_token_id=0)))
+    assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in module.modules())
+    for i, row in enumerate(ROWS):
+        ids = torch.tensor([row["prompt_ids"] + row["completion_ids"]])
+        logits = module.lm(input_ids=ids).logits[0, len(row["prompt_ids"]) - 1 : -1] / 0.7  # (C_i, V)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        expected = log_probs.gather(-1, torch.tensor(row["completion_ids"]).unsqueeze(-1)).squeeze(-1)
+        n = len(row["completion_ids"])
+        torch.testing.assert_close(out[LOGP][i, :n], expected, rtol=1e-4, atol=1e-5)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        torch.testing.assert_close(out[ENTROPY][i, :n], entropy, rtol=1e-4, atol=1e-5)
+
+
+def test_gradients_flow_through_logp_only(random_model_factory):
+    module = module_for(random_model_factory("llama"))
+    out = module.forward_train(as_tensors(pad_rows(ROWS, pad_token_id=0)))
+    assert out[LOGP].requires_grad and not out[ENTROPY].requires_grad
+    module.entropy_grad = True
+    assert module.forward_train(as_tensors(pad_rows(ROWS, pad_token_id=0)))[ENTROPY].requires_grad
+
+
+def test_state_round_trip_keeps_torch_tensors_and_bf16(random_model_factory):
+    module = module_for(random_model_factory("qwen2"))
+    module.to(torch.bfloat16)
+    state = module.get_state()
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert next(iter(state.values())).dtype == torch.bfloat16
+    other = module_for(random_model_factory("qwen2")).to(torch.bfloat16)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.zero_()
+    other.set_state(state)
+    assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), other.state_dict().values()))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_generate_samples_from_the_distribution_the_loss_uses(random_model_factory, arch):
+    """Sampled completions' step-wise scores equal the recomputed log-probs (left padding included)."""
+    module = module_for(random_model_factory(arch))
+    engine = HFGenerateEngine(module.lm, pad_token_id=0, eos_token_id=1)
+    prompts = [[5, 6, 7, 8], [9]]
+    completions = engine.generate(prompts, n=3, params=SamplingParams(max_new_tokens=6), seed=0)
+    assert len(completions) == 6
+    for c in completions:
+        assert 1 <= len(c) <= 6 and (c[-1] == 1 or len(c) == 6) and 1 not in c[:-1]
+    rows = [{"prompt_ids": prompts[i // 3], "completion_ids": c} for i, c in enumerate(completions)]
+    recomputed = module.forward_train(as_tensors(pad_rows(rows, pad_token_id=0)))[LOGP]
+    # The same rows through generate's own scores (left-padded batch, KV cache).
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(6, width, dtype=torch.long)
+    mask = torch.zeros(6, width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r["prompt_ids"]) :] = torch.tensor(r["prompt_ids"])
+        mask[i, width - len(r["prompt_ids"]) :] = 1
+    torch.manual_seed(0)
+    out = module.lm.generate(input_ids=ids, attention_mask=mask, generation_config=engine._generation_config(
+        SamplingParams(max_new_tokens=6)), output_scores=True, return_dict_in_generate=True)
+    for step, scores in enumerate(out.scores):  # processed scores: what was sampled from
+        log_probs = torch.log_softmax(scores.float(), dim=-1)
+        for i, c in enumerate(completions):
+            if step < len(c):
+                assert log_probs[i, c[step]].item() == pytest.approx(recomputed[i, step].item(), abs=2e-5)
+
+
+def test_engine_is_reproducible_for_a_seed_and_varies_across_seeds(random_model_factory):
+    module = module_for(random_model_factory("llama"))
+    engine = HFGenerateEngine(module.lm, pad_token_id=0, eos_token_id=1)
+    params = SamplingParams(max_new_tokens=8)
+    a = engine.generate([[5, 6]], n=8, params=params, seed=1)
+    assert a == engine.generate([[5, 6]], n=8, params=params, seed=1)
+    assert a != engine.generate([[5, 6]], n=8, params=params, seed=2)
+    assert all(0 <= t < VOCAB for c in a for t in c)
