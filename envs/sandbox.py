@@ -247,6 +247,11 @@ class Sandbox:
         self.max_workers = max_workers
         # Default: the trainer's interpreter without its virtualenv (standard library only).
         self.python = os.path.abspath(python or getattr(sys, "_base_executable", sys.executable))
+        if not (os.path.isfile(self.python) and os.access(self.python, os.X_OK)):
+            raise ValueError(
+                f"`python` ({self.python!r}) is not an executable file; pass the path of a "
+                "Python interpreter (e.g. sys.executable), or leave it unset."
+            )
         self.requested_isolation = isolation
         self.ro_paths = tuple(ro_paths)
         self._mode: _Mode | None = None
