@@ -140,7 +140,8 @@ def last_boxed(text: str) -> str | None:
         elif text[i] == "}":
             depth -= 1
             if depth == 0:
-                return text[brace + 1 : i].strip() or None
+                # A bare $ inside a box is a typesetting slip (Minerva has '...+$ $\\dot{x}...').
+                return re.sub(r"(?<!\\)\$", "", text[brace + 1 : i]).strip() or None
     return None
 
 
@@ -607,8 +608,6 @@ def load_examples(
 
     examples: list[dict] = []
     skipped: list[SkippedRow] = []
-    chosen = None if layout == "auto" else LAYOUTS[layout]
-    pending: list[tuple[str, int, dict]] = []  # rows read before the layout is known
 
     def bad(source: str, number: int, reason: BadRow) -> None:
         if on_bad_row == "error":
@@ -618,41 +617,39 @@ def load_examples(
             ) from None
         skipped.append(SkippedRow(source, number, str(reason)))
 
-    def normalize(source: str, number: int, row: dict) -> None:
+    def process(source: str, number: int, row: dict | BadRow, chosen: Layout) -> None:
         try:
-            example = chosen.normalize(row)
+            if isinstance(row, BadRow):
+                raise row
+            example = chosen.normalize(_rename(row, columns))
         except BadRow as reason:
             bad(source, number, reason)
             return
-        examples.append({**example, "source": os.path.basename(source), "row": number})
+        label = source if source.startswith(("hf:", "<")) else os.path.basename(source)
+        examples.append({**example, "source": label, "row": number})
 
     name = layout
-    for source, number, row in rows:
-        if isinstance(row, BadRow):
-            bad(source, number, row)
-            continue
-        try:
-            row = _rename(row, columns)
-        except BadRow as reason:
-            bad(source, number, reason)
-            continue
+    chosen = None if layout == "auto" else LAYOUTS[layout]
+    # With layout="auto", rows wait here until 20 clean ones show the layout (one odd row
+    # cannot mislead it); then all are processed in file order.
+    buffered: list[RawRow] = []
+    for item in rows:
         if chosen is None:
-            # Detect from the first rows that read cleanly (a few, so one odd row cannot mislead).
-            pending.append((source, number, row))
-            if len(pending) < 20:
+            buffered.append(item)
+            if sum(isinstance(r, dict) for _, _, r in buffered) < 20:
                 continue
-            name = _detect_or_raise([r for _, _, r in pending], sources)
+            name = _detect_or_raise(buffered, columns, sources)
             chosen = LAYOUTS[name]
-            for args in pending:
-                normalize(*args)
-            pending = []
+            for args in buffered:
+                process(*args, chosen)
+            buffered = []
             continue
-        normalize(source, number, row)
-    if chosen is None and pending:
-        name = _detect_or_raise([r for _, _, r in pending], sources)
+        process(*item, chosen)
+    if chosen is None and buffered:
+        name = _detect_or_raise(buffered, columns, sources)
         chosen = LAYOUTS[name]
-        for args in pending:
-            normalize(*args)
+        for args in buffered:
+            process(*args, chosen)
 
     if skipped:
         logger.warning(
@@ -663,7 +660,16 @@ def load_examples(
     return LoadedData(examples=examples, skipped=skipped, layout=name, kind=kind, sources=sources)
 
 
-def _detect_or_raise(rows: list[dict], sources: list[str]) -> str:
+def _detect_or_raise(buffered: list[RawRow], columns: Mapping[str, str] | None, sources: list[str]) -> str:
+    rows = []
+    for _, _, row in buffered:
+        try:
+            if isinstance(row, dict):
+                rows.append(_rename(row, columns))
+        except BadRow:
+            continue  # unreadable rows say nothing about the layout
+    if not rows:
+        return "math"  # no row is readable: each will be reported as bad, whatever the layout
     name = detect_layout(rows)
     if name is None:
         cols = sorted(set().union(*(r.keys() for r in rows)))
