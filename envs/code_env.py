@@ -13,7 +13,9 @@ block, else the last ``` block, else an unclosed block, else the whole text) and
     setup_code + code + test_code
 
 in ``sfpo_envs.sandbox.Sandbox`` (a jail per run, ``max_workers`` at once). The test code
-exits nonzero when the code is wrong.
+exits nonzero when the code is wrong. A run passes when it exits 0 *and* printed a random
+per-run token that a line after the tests writes: code that ends the process early
+(``sys.exit(0)``, ``os._exit(0)``) before the tests ran does not pass.
 
 Reward: 1.0 when the program exits 0 within the limits; ``format_score`` when the code came
 from a fenced block but failed (the policy followed the format); 0.0 otherwise (no fenced
@@ -23,6 +25,7 @@ block, no code, timeout or crash without a block).
 from __future__ import annotations
 
 import re
+import secrets
 from typing import Any, Mapping, Sequence
 
 from sfpo_envs.base import Verdict, VerifierEnv
@@ -56,9 +59,18 @@ def extract_code(completion: str) -> tuple[str | None, str | None]:
     return code, where
 
 
-def build_program(code: str, example: Mapping[str, Any]) -> str:
-    """The program the sandbox runs: imports the task assumes, the code, then its tests."""
-    return f"{example.get('setup_code') or ''}\n{code}\n\n{example['test_code']}"
+_DONE = "sfpo-tests-done-"
+
+
+def build_program(code: str, example: Mapping[str, Any], token: str | None = None) -> str:
+    """The program the sandbox runs: imports the task assumes, the code, then its tests.
+
+    With ``token``, a last line prints it: seeing it proves the tests ran to the end.
+    """
+    program = f"{example.get('setup_code') or ''}\n{code}\n\n{example['test_code']}"
+    if token is not None:
+        program += f"\nimport sys as _sfpo_sys\n_sfpo_sys.stdout.write('\\n{_DONE}{token}\\n')\n_sfpo_sys.stdout.flush()\n"
+    return program
 
 
 class CodeEnv(VerifierEnv):
@@ -129,28 +141,39 @@ class CodeEnv(VerifierEnv):
         extracted = [extract_code(c) for c in completions]
         # Only completions with code go to the sandbox; the rest score 0 without a run.
         to_run = [i for i, (code, _) in enumerate(extracted) if code is not None]
+        # Unguessable by the completion (it is not in the prompt and differs per run).
+        tokens = {i: secrets.token_hex(16) for i in to_run}
         results = self.sandbox.run_batch(
-            [build_program(extracted[i][0], examples[i]) for i in to_run]
+            [build_program(extracted[i][0], examples[i], tokens[i]) for i in to_run]
         )
         by_index = dict(zip(to_run, results))
-        return [self._verdict(where, by_index.get(i)) for i, (_, where) in enumerate(extracted)]
+        return [
+            self._verdict(where, by_index.get(i), tokens.get(i))
+            for i, (_, where) in enumerate(extracted)
+        ]
 
-    def _verdict(self, where: str | None, result: RunResult | None) -> Verdict:
+    def _verdict(self, where: str | None, result: RunResult | None, token: str | None) -> Verdict:
         if result is None:
             info = {"extracted": None, "passed": False, "timed_out": False,
                     "error": "no code in the completion"}
             return Verdict(reward=0.0, correct=False, info=info)
         fenced = where in ("python_block", "block", "unclosed_block")
-        if result.passed:
-            reward = 1.0
-        else:
-            reward = self.format_score if fenced else 0.0
+        finished = f"{_DONE}{token}" in result.stdout.splitlines()
+        passed = result.passed and finished
+        error = result.error
+        if result.passed and not finished:
+            error = (
+                "exited with status 0 before its tests finished (e.g. sys.exit or os._exit)"
+                if not result.stdout_truncated
+                else f"output exceeded max_output_bytes={self.sandbox.max_output_bytes}"
+            )
+        reward = 1.0 if passed else (self.format_score if fenced else 0.0)
         info = {
             "extracted": where,
-            "passed": result.passed,
+            "passed": passed,
             "timed_out": result.timed_out,
-            "error": result.error,
+            "error": error,
             "duration_s": round(result.duration_s, 4),
             "isolation": result.isolation,
         }
-        return Verdict(reward=reward, correct=result.passed, info=info)
+        return Verdict(reward=reward, correct=passed, info=info)
