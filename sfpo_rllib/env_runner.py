@@ -14,6 +14,7 @@ import time
 from typing import Any, Sequence
 
 import gymnasium as gym
+import ray
 import torch
 from ray.rllib.core import COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 from ray.rllib.env.env_runner import EnvRunner
@@ -189,6 +190,8 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
     def set_state(self, state: dict) -> None:
         if COMPONENT_RL_MODULE in state:
             module_state = state[COMPONENT_RL_MODULE]
+            if isinstance(module_state, ray.ObjectRef):  # sync_weights ray.put()s it once for all runners
+                module_state = ray.get(module_state)
             module_state = module_state.get(DEFAULT_MODULE_ID, module_state)
             self.module.set_state(module_state)
             if not self.engine.shares_policy_weights:

@@ -75,6 +75,11 @@ class SFPO(Algorithm):
             return (slot, fn(runner, per_runner[slot]) if slot < len(per_runner) else None)
 
         results = self.env_runner_group.foreach_env_runner(call, local_env_runner=not remote)
+        if len(results) != max(1, self.env_runner_group.num_remote_env_runners()):
+            raise RuntimeError(
+                f"Only {len(results)} of {self._num_runners()} env runners answered; the others failed "
+                "(see their errors above in the log)."
+            )
         return [result for _, result in sorted(results, key=lambda r: r[0])]
 
     def _prompt_indices(self, iteration: int) -> np.ndarray:
@@ -102,8 +107,9 @@ class SFPO(Algorithm):
 
         t0 = time.perf_counter()
         chunks = np.array_split(self._prompt_indices(s), self._num_runners())
+        run_seed = self.run_seed  # closures shipped to runners must not capture `self`
         samples = self._on_runners(
-            lambda runner, idx: runner.sample(indices=idx.tolist(), seed=_seed(self.run_seed, 2, s, runner.worker_index)),
+            lambda runner, idx: runner.sample(indices=idx.tolist(), seed=_seed(run_seed, 2, s, runner.worker_index)),
             chunks,
         )
         records = [r for sample in samples for r in sample["records"]]
@@ -172,9 +178,10 @@ class SFPO(Algorithm):
         chunks = np.array_split(np.arange(num), self._num_runners())
         k = c.test_samples_per_problem
         t0 = time.perf_counter()
+        run_seed = self.run_seed  # closures shipped to runners must not capture `self`
         outs = self._on_runners(
             lambda runner, idx: runner.evaluate(
-                indices=idx.tolist(), samples_per_problem=k, seed=_seed(self.run_seed, 3, iteration, runner.worker_index)
+                indices=idx.tolist(), samples_per_problem=k, seed=_seed(run_seed, 3, iteration, runner.worker_index)
             ),
             chunks,
         )
