@@ -85,16 +85,16 @@ def check_answer(completion: str, gold: str) -> tuple[bool, str | None]:
     return bool(verify(parse_gold(gold), predicted, timeout_seconds=None)), extracted
 
 
-def _worker_main(fd: int, memory_limit_mb: int) -> None:
+def _worker_main(fd: int, memory_limit_mb: int, timeout_s: float) -> None:
     """Serve (completion, gold) checks on ``fd`` until the parent closes it."""
+    import resource
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if memory_limit_mb > 0:
-        import resource
-
         limit = memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled" notes
     conn = Connection(fd)
     _configs()
@@ -106,6 +106,12 @@ def _worker_main(fd: int, memory_limit_mb: int) -> None:
             completion, gold = conn.recv()
         except (EOFError, OSError):
             return
+        # Safety net should the parent die mid-check (it kills us at timeout_s): the kernel
+        # stops a check that burns past its deadline in CPU time (SIGXCPU; CPU <= wall time).
+        used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+        soft = int(used + timeout_s) + 2
+        if cpu_hard == resource.RLIM_INFINITY or soft <= cpu_hard:
+            resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
         try:
             conn.send(("ok", *check_answer(completion, gold)))
         except MemoryError:
@@ -118,10 +124,11 @@ def _worker_main(fd: int, memory_limit_mb: int) -> None:
 
 
 class _Worker:
-    def __init__(self, memory_limit_mb: int):
+    def __init__(self, memory_limit_mb: int, timeout_s: float):
         parent, child = Pipe(duplex=True)
+        args = ["--worker", str(child.fileno()), str(memory_limit_mb), str(timeout_s)]
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--worker", str(child.fileno()), str(memory_limit_mb)],
+            [sys.executable, os.path.abspath(__file__), *args],
             pass_fds=(child.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -228,12 +235,12 @@ class MathVerifier:
     # ----- scheduling ---------------------------------------------------------------
     def _replace(self, worker: _Worker) -> None:
         worker.kill()
-        self._workers[self._workers.index(worker)] = _Worker(self.memory_limit_mb)
+        self._workers[self._workers.index(worker)] = _Worker(self.memory_limit_mb, self.timeout_s)
         self.stats["workers_replaced"] += 1
 
     def _run(self, completions: list[str], golds: list[str]) -> list[MathCheck]:
         while len(self._workers) < self.num_workers:
-            self._workers.append(_Worker(self.memory_limit_mb))
+            self._workers.append(_Worker(self.memory_limit_mb, self.timeout_s))
         results: list[MathCheck | None] = [None] * len(completions)
         todo = deque(range(len(completions)))
         busy: dict[_Worker, tuple[int, float]] = {}  # worker -> (task, deadline)
@@ -252,9 +259,12 @@ class MathVerifier:
         while todo or busy:
             for worker in self._workers:
                 if todo and worker.ready and worker not in busy:
-                    task = todo.popleft()
-                    worker.conn.send((completions[task], golds[task]))
-                    busy[worker] = (task, time.monotonic() + self.timeout_s)
+                    try:
+                        worker.conn.send((completions[todo[0]], golds[todo[0]]))
+                    except OSError:  # it died while idle (e.g. killed from outside)
+                        self._replace(worker)
+                        continue
+                    busy[worker] = (todo.popleft(), time.monotonic() + self.timeout_s)
             waiting = [w for w in self._workers if w in busy or not w.ready]
             now = time.monotonic()
             next_deadline = min((d for _, d in busy.values()), default=now + 1.0)
@@ -280,11 +290,12 @@ class MathVerifier:
             message = worker.conn.recv()
         except (EOFError, OSError):
             message = None
-        if message is None:  # the worker died: a crash in a check, or it failed to start
+        if message is None:  # the worker died: a crash in a check, while idle, or at start
             code = worker.proc.wait()
             if worker in busy:
                 task, _ = busy.pop(worker)
                 results[task] = MathCheck(False, None, golds[task], error=f"worker exited with code {code}")
+            if worker.ready:  # it had started: replace it and go on
                 self._replace(worker)
                 return
             _stop_all(self._workers)
@@ -303,5 +314,5 @@ class MathVerifier:
             results[task] = MathCheck(False, None, golds[task], error=message[1])
 
 
-if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--worker":
-    _worker_main(int(sys.argv[2]), int(sys.argv[3]))
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--worker":
+    _worker_main(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
