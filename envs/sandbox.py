@@ -9,7 +9,7 @@ Every program is treated as hostile. One run is one process tree that lives at m
           choom -n 1000               #   ...the program, one exec after another
             prlimit <limits>
               setpriv --reuid=<uid> --no-new-privs --bounding-set=-all ...
-                python -I -B main.py
+                python -I -S -B main.py   # (through a one-line -c runner, see below)
 
 Isolation modes, probed once per interpreter (``Sandbox.isolation`` says which is active):
 
@@ -67,8 +67,12 @@ set -eu
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 root=$1 fstab=$2
 shift 2
+# The allowlisted, read-only root (every mount and why: _jail_layout).
 mount -n -a -T "$fstab"
+# The program comes on stdin: nothing of it is written to the host's disk.
 cat > "$root/tmp/main.py"
+# Make the new root "/" and detach the host's root: the rest of the host's filesystem
+# (and any path to it, e.g. via ..) is gone from this namespace.
 cd "$root"
 pivot_root . .
 umount -l .
@@ -231,6 +235,11 @@ class Sandbox:
                 raise ValueError(f"`{name}` ({value!r}) must be an int >= {low}.")
         if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
             raise ValueError(f"`timeout_s` ({timeout_s!r}) must be a positive number of seconds.")
+        if cpu_s is not None and (not isinstance(cpu_s, int) or cpu_s < 1):
+            raise ValueError(f"`cpu_s` ({cpu_s!r}) must be an int >= 1 (seconds), or None.")
+        bad_paths = [p for p in ro_paths if not isinstance(p, str) or not os.path.isabs(p)]
+        if bad_paths:
+            raise ValueError(f"`ro_paths` must hold absolute paths; these are not: {bad_paths}.")
         if max_workers > _MAX_SLOTS:
             raise ValueError(f"`max_workers` ({max_workers}) must be <= {_MAX_SLOTS}.")
         if isolation != "auto" and isolation not in ISOLATION_MODES:
@@ -245,7 +254,6 @@ class Sandbox:
         self.disk_mb = disk_mb
         self.max_output_bytes = max_output_bytes
         self.max_workers = max_workers
-        # Default: the trainer's interpreter without its virtualenv (standard library only).
         self.python = os.path.abspath(python or getattr(sys, "_base_executable", sys.executable))
         if not (os.path.isfile(self.python) and os.access(self.python, os.X_OK)):
             raise ValueError(
@@ -268,6 +276,16 @@ class Sandbox:
         if not isinstance(program, str):
             raise TypeError(f"run() takes the program source (str), got {type(program).__name__}.")
         mode = self._get_mode()
+        size = len(program.encode("utf-8", "surrogatepass"))
+        if size > self.file_size_mb * 1024 * 1024 // 2:
+            # Refused, not run: a program this big cannot be a real solution, and it must
+            # not fill the jail's /tmp before its setup is done.
+            return RunResult(
+                passed=False, timed_out=False, returncode=None, signal=None, stdout="",
+                stderr="", stdout_truncated=False, stderr_truncated=False,
+                error=f"program of {size} bytes is over half of file_size_mb={self.file_size_mb}",
+                duration_s=0.0, isolation=mode.name,
+            )
         slot, uid = _acquire_uid()
         try:
             return self._run(program, mode, uid)
@@ -286,7 +304,7 @@ class Sandbox:
     # ----- isolation probe -------------------------------------------------------------
     def _get_mode(self) -> _Mode:
         if self._mode is None:
-            key = (self.python, self.ro_paths, self.requested_isolation)
+            key = (self.python, self.site_packages, self.ro_paths, self.requested_isolation)
             with _probe_lock:
                 if key not in _probed:
                     _probed[key] = self._probe()

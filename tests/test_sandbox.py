@@ -205,6 +205,25 @@ def test_infrastructure_failure_raises_instead_of_scoring(monkeypatch):
         sandbox.run("pass")
 
 
+def test_standard_library_only_unless_site_packages():
+    plain = Sandbox(timeout_s=20).run("import json, math\nimport numpy")
+    assert plain.error == "ModuleNotFoundError: No module named 'numpy'", plain
+    with_site = Sandbox(timeout_s=20, python=sys.executable, site_packages=True)
+    result = with_site.run("import numpy\nprint(int(numpy.arange(4).sum()))")
+    assert result.passed and result.stdout == "6\n", result
+
+
+def test_exit_and_quit_work_without_site():
+    results = Sandbox().run_batch(["exit(0)", "quit(5)", "import sys\nprint(sys.argv, __name__)"])
+    assert results[0].passed and results[1].returncode == 5
+    assert results[2].stdout == "['main.py'] __main__\n"
+
+
+def test_oversized_program_is_refused_without_running():
+    result = Sandbox(file_size_mb=1).run("x = 1\n" + "#" * (1024 * 1024))
+    assert not result.passed and "file_size_mb=1" in result.error and result.duration_s == 0
+
+
 def test_isolation_is_namespaces_where_the_machine_allows_it():
     sandbox = Sandbox()
     if NAMESPACES:
