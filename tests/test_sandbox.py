@@ -246,6 +246,21 @@ def test_fallback_mode_runs_code_and_warns_once(monkeypatch, caplog):
     _assert_no_leftovers()
 
 
+def test_auto_falls_back_when_the_jail_cannot_be_built(monkeypatch, caplog):
+    """As on a host that forbids unshare: the probe must notice, fall back, and say so."""
+    monkeypatch.setattr(sandbox_mod, "_probed", {})
+    monkeypatch.setattr(sandbox_mod, "_warned", set())
+    monkeypatch.setattr(sandbox_mod, "_NS_SETUP", "echo 'unshare: Operation not permitted' >&2; exit 1")
+    with caplog.at_level(logging.WARNING, logger="sfpo_envs.sandbox"):
+        sandbox = Sandbox(timeout_s=5)
+        assert sandbox.isolation in ("uid+limits", "limits")
+        assert sandbox.run("print('still runs')").stdout == "still runs\n"
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "namespaces: " in message and "Operation not permitted" in message, message
+    with pytest.raises(SandboxError, match="No sandbox isolation mode works"):
+        Sandbox(isolation="namespaces").isolation
+
+
 def test_fallback_mode_still_has_timeout_and_clean_env(monkeypatch):
     monkeypatch.setattr(sandbox_mod, "_warned", {"limits"})
     monkeypatch.setenv("SFPO_TEST_SECRET", "hunter2")
