@@ -6,6 +6,7 @@ Output folder layout:
   checkpoints/iteration_N/ RLlib checkpoints (Algorithm.save_to_path), the last few kept
   final_model/             the trained policy, save_pretrained (model + tokenizer)
   run_config.json          the settings the run used
+  rllib_logs/              RLlib's own result logs
 """
 
 from __future__ import annotations
@@ -93,6 +94,11 @@ def run_training(
         raise ValueError(f"--resume: no checkpoint under {checkpoints!r}. Run once without --resume.")
     os.makedirs(output_dir, exist_ok=True)
 
+    # Outside Tune, RLlib's Trainable logs to a fresh folder under ~/ray_results; keep a
+    # run's files together in its output folder instead.
+    import ray.tune.trainable.trainable as trainable_module
+
+    trainable_module.DEFAULT_STORAGE_PATH = os.path.join(os.path.abspath(output_dir), "rllib_logs")
     algo = config.build_algo()
     try:
         if restore_from:

@@ -32,12 +32,19 @@ def random_model_factory(tmp_path_factory):
     return make
 
 
+@pytest.fixture(autouse=True)
+def results_away_from_home(tmp_path, monkeypatch):
+    """Algorithms built outside Tune log under ~/ray_results: send that to the test's tmp dir."""
+    import ray.tune.trainable.trainable as trainable_module
+
+    monkeypatch.setattr(trainable_module, "DEFAULT_STORAGE_PATH", str(tmp_path / "ray_results"))
+
+
 @pytest.fixture
-def ray_session(tmp_path):
-    """A fresh local Ray on 2 CPUs, shut down after the test; results away from ~/ray_results."""
+def ray_session():
+    """A fresh local Ray on 2 CPUs, shut down after the test."""
     import ray
 
-    os.environ["RAY_AIR_LOCAL_CACHE_DIR"] = str(tmp_path / "ray_results")
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield
     ray.shutdown()
