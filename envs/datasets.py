@@ -121,7 +121,9 @@ def _strip_math_delimiters(text: str) -> str:
     text = text.strip()
     for left, right in _DELIMITERS:
         if len(text) > len(left) + len(right) and text.startswith(left) and text.endswith(right):
-            return text[len(left) : -len(right)].strip()
+            inner = text[len(left) : -len(right)]
+            if not re.search(r"(?<!\\)\$", inner):  # not '$5$ and $6$'
+                return inner.strip()
     return text
 
 
@@ -305,6 +307,8 @@ def _mbpp(row: Mapping[str, Any]) -> dict:
         raise BadRow("field 'test_list' is empty: there is nothing to check a solution with")
     imports = _string_list(row, "test_imports", required=False)
     setup = row.get("test_setup_code") or ""
+    if not isinstance(setup, str):
+        raise BadRow(f"field 'test_setup_code' must be a string, got {type(setup).__name__}")
     defined = re.findall(r"^def\s+(\w+)\s*\(", code, flags=re.M)
     entry_point = next((name for name in defined if re.search(rf"\b{name}\s*\(", tests[0])), None)
     return {
@@ -342,26 +346,20 @@ class Layout:
     kind: str  # "math" or "code"
     normalize: Callable[[Mapping[str, Any]], dict]
     fields: tuple[str, ...]  # the column names it reads (what columns= may map)
-    description: str
 
 
+_MATH_FIELDS = ("problem", "question", "answer", "solution")
 LAYOUTS: dict[str, Layout] = {
-    "math": Layout("math", _math, ("problem", "question", "answer", "solution"),
-                   "problem|question + answer, or the last \\boxed{} in solution (MATH, Math-500)"),
-    "gsm8k": Layout("math", _gsm8k, ("question", "answer"), "question + answer ending in '#### n'"),
-    "aime": Layout("math", _aime, ("problem", "question", "answer", "solution"), "like math, integer answers"),
-    "amc": Layout("math", _amc, ("problem", "question", "answer", "solution"), "like math, numeric answers (27.0)"),
-    "minerva": Layout("math", _minerva, ("problem", "solution"), "problem + the last \\boxed{} in solution"),
-    "olympiadbench": Layout("math", _olympiadbench, ("question", "context", "final_answer"),
-                            "question + final_answer list"),
-    "verl": Layout("math", _verl, ("prompt", "reward_model"),
-                   "verl parquet: data_source, prompt (chat), ability, reward_model.ground_truth, extra_info"),
-    "humaneval": Layout("code", _humaneval, ("prompt", "test", "entry_point", "canonical_solution"),
-                        "task_id, prompt, canonical_solution, test, entry_point"),
-    "mbpp": Layout("code", _mbpp, ("prompt", "text", "code", "test_list", "test_imports", "test_setup_code"),
-                   "prompt|text, code, test_list, test_imports"),
-    "code": Layout("code", _code, ("question", "test_code", "entry_point", "setup_code", "reference"),
-                   "our code schema: question, test_code, entry_point, setup_code, reference"),
+    "math": Layout("math", _math, _MATH_FIELDS),
+    "gsm8k": Layout("math", _gsm8k, ("question", "answer")),
+    "aime": Layout("math", _aime, _MATH_FIELDS),
+    "amc": Layout("math", _amc, _MATH_FIELDS),
+    "minerva": Layout("math", _minerva, ("problem", "solution")),
+    "olympiadbench": Layout("math", _olympiadbench, ("question", "context", "final_answer")),
+    "verl": Layout("math", _verl, ("prompt", "reward_model")),
+    "humaneval": Layout("code", _humaneval, ("prompt", "test", "entry_point", "canonical_solution")),
+    "mbpp": Layout("code", _mbpp, ("prompt", "text", "code", "test_list", "test_imports", "test_setup_code")),
+    "code": Layout("code", _code, ("question", "test_code", "entry_point", "setup_code", "reference")),
 }
 
 
@@ -385,7 +383,8 @@ def detect_layout(rows: Sequence[Mapping[str, Any]]) -> str | None:
             return "gsm8k"
         return "math"
     if "problem" in cols and "answer" in cols:
-        return "amc" if isinstance(first.get("answer"), (int, float)) and not isinstance(first.get("answer"), bool) else "math"
+        numeric = isinstance(first.get("answer"), (int, float)) and not isinstance(first.get("answer"), bool)
+        return "amc" if numeric else "math"  # amc23 stores answers as numbers (27.0)
     if {"problem", "solution"} <= cols:
         return "math"
     return None
@@ -397,19 +396,20 @@ def detect_layout(rows: Sequence[Mapping[str, Any]]) -> str | None:
 RawRow = tuple[str, int, "dict | BadRow"]
 
 
-def _open_text(path: str):
-    if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _open_binary(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
 def _read_jsonl(path: str) -> Iterator[RawRow]:
-    with _open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
+    with _open_binary(path) as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue  # a blank line holds no row (row numbers stay line numbers)
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                yield path, number, BadRow(f"line is not valid UTF-8 (byte {err.start + 1})")
+                continue
             except json.JSONDecodeError as err:
                 yield path, number, BadRow(f"line is not valid JSON ({err.msg} at column {err.colno})")
                 continue
@@ -420,13 +420,13 @@ def _read_jsonl(path: str) -> Iterator[RawRow]:
 
 
 def _read_json(path: str) -> Iterator[RawRow]:
-    with _open_text(path) as f:
+    with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(
-                f"`data` file {path} is not valid JSON ({err.msg} at line {err.lineno}, column "
-                f"{err.colno}). Fix the file; for one JSON object per line name it .jsonl."
+                f"`data` file {path} is not valid JSON ({err}). Fix the file; for one JSON object "
+                "per line name it .jsonl (then each bad line is reported on its own)."
             ) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
@@ -445,7 +445,13 @@ def _read_json(path: str) -> Iterator[RawRow]:
 def _read_parquet(path: str) -> Iterator[RawRow]:
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for unreadable files
+        raise ValueError(
+            f"`data` file {path} could not be read as parquet ({type(err).__name__}: {err}). "
+            "Check that it is a complete .parquet file."
+        ) from None
     for number, row in enumerate(table.to_pylist(), start=1):
         yield path, number, row
 
@@ -453,7 +459,7 @@ def _read_parquet(path: str) -> Iterator[RawRow]:
 def _read_file(path: str) -> Iterator[RawRow]:
     if path.endswith((".jsonl", ".jsonl.gz")):
         return _read_jsonl(path)
-    if path.endswith((".json", ".json.gz")):
+    if path.endswith(".json"):
         return _read_json(path)
     if path.endswith(".parquet"):
         return _read_parquet(path)

@@ -1,9 +1,10 @@
 """``sfpo/Math-v0``: math word problems from a user's data, checked with math-verify.
 
->>> env = gymnasium.make("sfpo/Math-v0", data="math500_test.jsonl", split="test")
->>> prompt, info = env.reset(options={"index": 0})
->>> _, reward, terminated, truncated, info = env.step("... so the answer is \\boxed{3}.")
->>> info  # {'index': 0, 'correct': ..., 'extracted': '3', 'gold': ..., 'timed_out': False, ...}
+    env = gymnasium.make("sfpo/Math-v0", data="math500_test.jsonl", split="test")
+    prompt, info = env.reset(options={"index": 0})
+    _, reward, terminated, truncated, info = env.step("... so the answer is \\boxed{3}.")
+    # info: {'index': 0, 'correct': ..., 'extracted': '3', 'gold': ..., 'timed_out': False}
+    env.close()
 
 Rows are read by ``sfpo_envs.datasets.load_examples`` (file, directory, ``hf:`` name or a
 list of dicts; layouts gsm8k, math, aime, amc, minerva, olympiadbench, verl, or

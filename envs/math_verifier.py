@@ -1,17 +1,22 @@
 """Math answer checking with Hugging Face ``math_verify``, under a hard per-call timeout.
 
 ``check_answer(completion, gold)`` is the check itself: it extracts the completion's final
-answer (the last ``\\boxed{...}`` first, then "the (final) answer is ...") and asks
-``math_verify.verify`` whether it equals the gold answer (fractions vs decimals, radicals,
-intervals, tuples and sets, degrees, percentages, ``\\text{}`` answers, 27.0 vs 27).
+answer (its ``\\boxed{...}`` first, then "the (final) answer is ..."; numbers elsewhere in
+the reasoning are not taken) and asks ``math_verify.verify`` whether it equals the gold
+answer (fractions vs decimals, radicals, intervals, tuples and sets, degrees, percentages,
+``\\text{}`` answers, 27.0 vs 27). As in math-verify, several boxes are read together as
+one list: ``\\boxed{69} and \\boxed{84}`` matches gold "69, 84", and a hedge such as
+``\\boxed{3}, or \\boxed{4}`` does not match gold "4".
 
 ``MathVerifier`` runs that check in a small pool of worker processes. math-verify's own
 timeout uses SIGALRM, which only works on the main thread (not in a trainer's threads or
 every Ray actor), so it is switched off here and the deadline is enforced from outside: a
 worker that overruns is killed and replaced, never reused, and the call scores 0 with
 ``timed_out=True``. Workers are plain ``python this_file.py --worker`` subprocesses (not
-``multiprocessing``), so they work from any thread, never re-import the user's ``__main__``
-and die with their parent. Call ``close()`` (or use ``with``) to stop them.
+``multiprocessing``), so they work from any thread and never re-import the user's
+``__main__``. Call ``close()`` (or use ``with``); they are also stopped when the verifier is
+garbage-collected or the interpreter exits, an idle worker exits when its parent dies, and
+a busy one is stopped by a CPU-time limit just past its deadline.
 """
 
 from __future__ import annotations
@@ -28,8 +33,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from multiprocessing.connection import Connection, Pipe, wait
 from typing import Sequence
-
-logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 120.0  # a worker imports sympy; a busy machine can take a while
 
@@ -79,9 +82,9 @@ def check_answer(completion: str, gold: str) -> tuple[bool, str | None]:
     predicted = parse(completion, completion_config, parsing_timeout=None)
     # parse() returns [sympy object, matched string]; the string is safe to send back
     # (str() of a huge sympy object can itself hang).
-    extracted = next((p for p in reversed(predicted) if isinstance(p, str)), None)
     if not predicted:
         return False, None
+    extracted = next((p for p in reversed(predicted) if isinstance(p, str)), None)
     return bool(verify(parse_gold(gold), predicted, timeout_seconds=None)), extracted
 
 
@@ -158,9 +161,8 @@ class MathVerifier:
         timeout_s: seconds one check (parse + compare) may take; over it, the worker is
             killed and the check scores 0 with ``timed_out=True``.
         num_workers: worker processes (default: CPU count, at most 4). Started on first use.
-        format_score: reward for an extracted but wrong answer (a correct one gets 1.0).
-        memory_limit_mb: address-space limit of each worker (0: none); an answer such as
-            ``10^{10^{10}}`` then fails fast instead of filling the machine's memory.
+        memory_limit_mb: address-space limit of each worker (0: none), so that an answer
+            such as ``10^{10^{10}}`` cannot take the machine's memory before its deadline.
 
     ``stats`` counts checks, correct answers, timeouts, crashes and replaced workers.
     """

@@ -342,3 +342,18 @@ def test_hub_name_through_datasets(monkeypatch):
     assert (loaded.examples[0]["source"], loaded.examples[0]["row"]) == ("hf:openai/gsm8k:main/test", 1)
     with pytest.raises(RuntimeError, match=r"could not load split 'train'.*ConnectionError.*pass a local path"):
         load_examples("hf:offline/nothing", split="train")
+
+
+def test_unreadable_files(tmp_path):
+    (tmp_path / "latin.jsonl").write_bytes(b'{"question": "caf\xe9?", "answer": "1"}\n')
+    with pytest.raises(ValueError, match=r"latin.jsonl, row 1: line is not valid UTF-8"):
+        load_examples(tmp_path / "latin.jsonl")
+    (tmp_path / "broken.json").write_text('[{"question": "q", ')
+    with pytest.raises(ValueError, match=r"broken.json is not valid JSON"):
+        load_examples(tmp_path / "broken.json")
+    (tmp_path / "scalar.json").write_text('"just a string"')
+    with pytest.raises(ValueError, match=r"must hold a list of objects"):
+        load_examples(tmp_path / "scalar.json")
+    (tmp_path / "cut.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError, match=r"cut.parquet could not be read as parquet"):
+        load_examples(tmp_path / "cut.parquet")
