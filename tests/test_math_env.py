@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def test_close_stops_the_workers():
     env.close()
     for pid in pids:
         with pytest.raises(ProcessLookupError):
-            __import__("os").kill(pid, 0)
+            os.kill(pid, 0)
 
 
 def test_templates():
