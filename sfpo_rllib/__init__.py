@@ -2,6 +2,8 @@
 
 Importing the package registers the trainables "SFPO" and "GRPO" with Ray Tune, so
 ``tune.Tuner("SFPO", param_space=config)`` and ``get_trainable_cls("SFPO")`` work.
+Tune's registry lives in the Ray session: a process that calls ``ray.shutdown()`` and
+then ``ray.init()`` again calls ``sfpo_rllib.register()`` once more.
 """
 
 from ray.tune.registry import register_trainable
@@ -10,9 +12,15 @@ from sfpo_rllib.grpo import GRPO, GRPOConfig
 from sfpo_rllib.sfpo import SFPO
 from sfpo_rllib.sfpo_config import SFPOConfig
 
-register_trainable("SFPO", SFPO)
-register_trainable("GRPO", GRPO)
-
 ALGORITHMS = {"SFPO": (SFPO, SFPOConfig), "GRPO": (GRPO, GRPOConfig)}
 
-__all__ = ["ALGORITHMS", "GRPO", "GRPOConfig", "SFPO", "SFPOConfig"]
+
+def register() -> None:
+    """Register "SFPO" and "GRPO" with Ray Tune (done on import)."""
+    for name, (algorithm, _) in ALGORITHMS.items():
+        register_trainable(name, algorithm)
+
+
+register()
+
+__all__ = ["ALGORITHMS", "GRPO", "GRPOConfig", "SFPO", "SFPOConfig", "register"]

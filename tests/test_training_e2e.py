@@ -1,8 +1,9 @@
 """End-to-end training on Ray with the embedded tiny model: exactness across algorithms,
 learner counts, seeds and resumption. Sizes are tiny; what is checked is exact."""
 
-import numpy as np
-import pytest
+import subprocess
+import sys
+
 import torch
 from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 
@@ -83,13 +84,22 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(ray_session, tmp_path)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_importing_the_package_registers_the_trainables():
+    code = (
+        "import ray, sfpo_rllib; ray.init(num_cpus=1, include_dashboard=False);"
+        "from ray.tune.registry import get_trainable_cls;"
+        "assert get_trainable_cls('SFPO') is sfpo_rllib.SFPO and get_trainable_cls('GRPO') is sfpo_rllib.GRPO;"
+        "ray.shutdown()"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 0
+
+
 def test_tune_runs_sfpo_by_its_registered_name(ray_session, tmp_path):
     from ray import tune
-    from ray.tune.registry import get_trainable_cls
 
-    from sfpo_rllib import SFPO
+    import sfpo_rllib
 
-    assert get_trainable_cls("SFPO") is SFPO and get_trainable_cls("GRPO").__name__ == "GRPO"
+    sfpo_rllib.register()  # this test process has run earlier Ray sessions
     config = tiny_config(fast_steps=tune.grid_search([0, 2]))
     tuner = tune.Tuner(
         "SFPO",
