@@ -88,6 +88,7 @@ def run_training(
     if stop_iters < 1:
         raise ValueError(f"`--stop-iters` ({stop_iters}) must be >= 1.")
     check_resources(config)
+    output_dir = os.path.abspath(output_dir)  # RLlib checkpoints need absolute paths
     checkpoints = os.path.join(output_dir, "checkpoints")
     restore_from = latest_checkpoint(checkpoints) if resume else None
     if resume and restore_from is None:
@@ -98,7 +99,7 @@ def run_training(
     # run's files together in its output folder instead.
     import ray.tune.trainable.trainable as trainable_module
 
-    trainable_module.DEFAULT_STORAGE_PATH = os.path.join(os.path.abspath(output_dir), "rllib_logs")
+    trainable_module.DEFAULT_STORAGE_PATH = os.path.join(output_dir, "rllib_logs")
     algo = config.build_algo()
     try:
         if restore_from:
