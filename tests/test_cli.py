@@ -27,8 +27,11 @@ def cli_train(tmp_path, name, *extra, config=None):
     return out
 
 
-def test_run_writes_metrics_tensorboard_checkpoint_and_a_loadable_final_model(tmp_path):
-    out = cli_train(tmp_path, "sfpo", "--algo", "SFPO")
+def test_run_writes_metrics_tensorboard_checkpoint_and_a_loadable_final_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --output, as users type it
+    main(["train", "--algo", "SFPO", "--env", "sfpo/Arithmetic-v0", "--config", json.dumps(SMALL), "--stop-iters", "2",
+          "--seed", "3", "--output", "sfpo", "--num-cpus", "2", "--no-progress"])
+    out = tmp_path / "sfpo"
     rows = read_metrics(str(out / "metrics.jsonl"))
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     for key in ("rollouts", "reward_mean", "alpha", "entropy", "reposition_distance", "time_generate_s", "time_update_s"):
