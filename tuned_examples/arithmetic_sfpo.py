@@ -1,18 +1,19 @@
 """SFPO on the synthetic arithmetic task with the embedded tiny model.
 
 Task:     sfpo/Arithmetic-v0 (left-to-right +/- chains, 3 operands in 0..20), exact verifier.
-Model:    sfpo-tiny-arithmetic, a ~1M-parameter Llama built and warm-started on first use.
+Model:    sfpo-tiny-arithmetic, a 0.55M-parameter Llama built and warm-started on first use.
 Hardware: 2 CPU cores, no GPU (all-local: 0 env runners, 0 learners).
-Expected: held-out accuracy (200 test problems x 4 samples at temperature 1) rises from the
-          warm start's by well over 5 points; see the README's measured table.
-Time:     about 6-8 minutes on 2 cores, plus about a minute to build the model on first use.
+Expected: held-out accuracy (200 test problems x 4 samples at temperature 1) stays near the
+          warm start's 23%: measured 23.3% -> 25.1% after 40 iterations (README, "Measured").
+          This example does not yet reach the +5-point target; see the README.
+Time:     about 5 minutes on 2 idle cores, plus 1.5-2 minutes to build the model on first use.
 
 Run:  sfpo-rllib train file tuned_examples/arithmetic_sfpo.py --output runs/arithmetic_sfpo
 """
 
 from sfpo_rllib import SFPOConfig
 
-stop_iters = 60
+stop_iters = 40
 
 config = (
     SFPOConfig()
@@ -26,7 +27,7 @@ config = (
         group_size=8,
         train_batch_size_per_learner=256,  # 32 prompts x 8 samples
         minibatch_size=128,
-        lr=1e-4,  # <- crucial: tuned for the tiny model (the paper's 1e-6 is for 1.5B-7B models)
+        lr=3e-5,  # <- crucial: at 1e-4 and above the tiny model's accuracy falls (see README)
         grad_clip=1.0,
         weight_decay=0.0,
     )
