@@ -18,6 +18,7 @@ import os
 import runpy
 import sys
 import time
+from typing import NoReturn
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str) -> "NoReturn":  # noqa: F821
+def _fail(message: str) -> NoReturn:
     print(f"sfpo-rllib: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
