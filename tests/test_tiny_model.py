@@ -1,7 +1,7 @@
 """The embedded tiny model: tokenizer, Auto-class loading, measured accuracy, determinism, cache."""
 
 import json
-import string
+
 
 import pytest
 import torch
@@ -24,7 +24,7 @@ def tiny_path():
 def test_tokenizer_round_trip(tmp_path):
     tiny_model.build_tokenizer().save_pretrained(tmp_path)
     tok = AutoTokenizer.from_pretrained(tmp_path)
-    for text in ["17+5-8=22-8=14", string.printable, "  two  spaces , then . and\ttab\n", "<a> [b] {c}"]:
+    for text in ["17+5-8=22-8=14", "".join(tiny_model.CHARACTERS), "  two  spaces , then . and\ttab\n", "<a> [b] {c}"]:
         ids = tok(text)["input_ids"]
         assert len(ids) == len(text)  # one token per character, nothing added
         assert tok.decode(ids) == text
