@@ -102,7 +102,8 @@ class SFPO(Algorithm):
         if s == 1 and c.test_interval:
             logged.update({f"{k}_initial": v for k, v in self.run_test(iteration=0).items()})
 
-        alpha = self.trigger.alpha(s, c.reposition_alpha)
+        # α = 0 whenever there is no fast stage (GRPO, or after the switch-off).
+        alpha = self.trigger.alpha(s, c.reposition_alpha) if c.fast_steps > 0 else 0.0
         fast_steps = c.fast_steps if alpha > 0.0 else 0
 
         t0 = time.perf_counter()
