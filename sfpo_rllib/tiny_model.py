@@ -17,15 +17,22 @@ something to sharpen. How it is made:
    ``sfpo/Arithmetic-v0`` train problems (``17+5-8=`` -> ``22-8=14<eos>``, loss on the
    completion only). It is deliberately short: the model is stopped soon after it starts to
    get problems right, not trained to convergence.
-4. Calibration: a short run leaves accuracy on a steep part of the learning curve, so the last
-   step pins it. The final RMSNorm weight is multiplied by a scalar ``s``, which multiplies
-   every logit by ``s`` (a sampling temperature 1/s folded into the weights). ``s`` is found
-   by bisection so that temperature-1 accuracy on held-out *train-split* problems equals
-   ``target_accuracy``. The test split is only measured, after the fact, for ``warm_start.json``.
+4. Calibration: accuracy after a short run sits on a steep part of the learning curve, so the
+   last step pins it. The final RMSNorm weight is multiplied by a scalar ``s``, which multiplies
+   every logit by ``s`` (a sampling temperature 1/s folded into the weights). ``s`` is found by
+   bisection so that temperature-1 accuracy on held-out *train-split* problems (kept out of
+   the warm start) equals ``target_accuracy``. With ``s`` < 1 the model's errors are those of
+   a better model sampled hot: mostly near-miss numbers, some stray characters. The test split
+   is only measured, after the fact, for ``warm_start.json``.
+5. Output gain: the final norm weight is then divided by ``output_gain`` (100) and the output
+   matrix multiplied by it. The logits are unchanged, but Adam moves each weight by about lr
+   per step whatever its size, so the sampling temperature, which otherwise barely moves at RL
+   learning rates on a model this small, becomes a direction RL can take within minutes, as
+   sharpening is in RL on large base models. Set ``output_gain=1`` to keep the plain layout.
 
-The same settings, library versions, thread count and CPU give bit-identical weights: the
-build seeds torch (restoring the caller's RNG state afterwards), reads the training problems
-in a fixed order and runs on ``num_threads`` torch threads.
+The same settings, library versions and CPU give bit-identical weights: the build seeds torch
+(restoring the caller's RNG state afterwards), reads the training problems in a fixed order
+and runs on ``num_threads`` (default 1) torch threads.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 TINY_MODEL_NAME = "sfpo-tiny-arithmetic"
 # Bump when the recipe changes in a way the settings do not show: it changes the cache key.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
 CHARACTERS = tuple(chr(i) for i in range(32, 127)) + ("\t", "\n")
@@ -69,7 +76,7 @@ class TinyModelSettings:
     num_operands: int = 3
     max_operand: int = 20
     # Supervised warm start.
-    steps: int = 1000
+    steps: int = 1400
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 50
@@ -77,11 +84,15 @@ class TinyModelSettings:
     # Calibration: temperature-1 accuracy to pin on held-out train problems (None: no scaling).
     target_accuracy: float | None = 0.25
     calibration_problems: int = 1024
+    # Final norm weight / output_gain, output matrix * output_gain: same logits (see _split_output_gain).
+    output_gain: float = 100.0
     max_new_tokens: int = 16
     # After-the-fact measurement on the test split, recorded in warm_start.json (0: skip).
     eval_problems: int = 256
     eval_samples: int = 8
-    num_threads: int = 2
+    # One thread: on 2 cores, 2 threads were ~20% faster when idle (same weights here), but two
+    # such processes side by side oversubscribe the cores and slowed a build from 80 s to 12 min.
+    num_threads: int = 1
 
     def validate(self) -> None:
         positive = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "steps", "batch_size",
@@ -95,6 +106,8 @@ class TinyModelSettings:
                              f"({self.num_heads}); pick e.g. num_heads=4.")
         if not isinstance(self.eval_problems, int) or self.eval_problems < 0:
             raise ValueError(f"`eval_problems` ({self.eval_problems!r}) must be an int >= 0; 0 skips the test measurement.")
+        if not (isinstance(self.output_gain, (int, float)) and self.output_gain > 0):
+            raise ValueError(f"`output_gain` ({self.output_gain!r}) must be a positive number; 1 leaves the output layer as trained.")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"`lr` ({self.lr!r}) must be a positive number, e.g. 3e-3.")
         if self.target_accuracy is not None and not 0 < self.target_accuracy < 1:
@@ -244,11 +257,12 @@ def sampled_accuracy(model, tokenizer, problems: list[dict], *, samples: int, ma
 
 
 @torch.no_grad()
-def _calibrate(model, tokenizer, settings: TinyModelSettings, problems: list[dict]) -> tuple[float, float]:
+def _calibrate(model, tokenizer, settings: TinyModelSettings, problems: list[dict]) -> dict:
     """Scale the logits (via the final norm weight) so temperature-1 accuracy hits the target.
 
     Bisection on log(scale) in [1/4, 4]; every probe samples with the same seed, so accuracy
-    moves smoothly with the scale. Returns (scale, calibration accuracy).
+    moves smoothly with the scale. Returns the scale, the accuracy it gives, and the accuracy
+    at scale 4 (near greedy: how much RL can gain by sharpening).
     """
     norm = model.model.norm.weight
     base = norm.detach().clone()
@@ -262,7 +276,8 @@ def _calibrate(model, tokenizer, settings: TinyModelSettings, problems: list[dic
 
     target = settings.target_accuracy
     lo, hi = math.log(0.25), math.log(4.0)
-    if accuracy_at(math.exp(hi)) < target:
+    sharpened = accuracy_at(math.exp(hi))
+    if sharpened < target:
         raise RuntimeError(
             f"The warm start is too weak for `target_accuracy` ({target}): even with logits x4 the model "
             f"solves fewer than that share of train problems. Raise `steps` (now {settings.steps}) or "
@@ -275,7 +290,19 @@ def _calibrate(model, tokenizer, settings: TinyModelSettings, problems: list[dic
         else:
             hi = mid
     scale = math.exp((lo + hi) / 2)
-    return scale, accuracy_at(scale)
+    return {"logit_scale": scale, "calibration_accuracy": accuracy_at(scale), "accuracy_at_logit_scale_4": sharpened}
+
+
+@torch.no_grad()
+def _split_output_gain(model, gain: float) -> None:
+    """Divide the final norm weight by ``gain`` and multiply the output matrix by it.
+
+    The logits do not change. But Adam moves each weight by about lr per step whatever its
+    size, so small norm weights let an optimizer change the sampling temperature ``gain``
+    times faster: with gain 1 this model's temperature barely moves at RL learning rates.
+    """
+    model.model.norm.weight.div_(gain)
+    model.lm_head.weight.mul_(gain)
 
 
 @contextlib.contextmanager
@@ -313,9 +340,10 @@ def build_tiny_model(output_dir: str | os.PathLike, *, seed: int = 0, **settings
         held_out = _calibration_problems(config)
         final_loss = _warm_start(model, tokenizer, config,
                                  _training_problems(config, {p["question"] for p in held_out}))
-        scale, calibration_accuracy = 1.0, None
+        calibration = {"logit_scale": 1.0}
         if config.target_accuracy is not None:
-            scale, calibration_accuracy = _calibrate(model, tokenizer, config, held_out)
+            calibration = _calibrate(model, tokenizer, config, held_out)
+        _split_output_gain(model, config.output_gain)
         test_accuracy = test_pass_at_k = None
         if config.eval_problems:
             test = generate_problems("test", config.eval_problems, num_operands=config.num_operands,
@@ -334,15 +362,15 @@ def build_tiny_model(output_dir: str | os.PathLike, *, seed: int = 0, **settings
         "cache_key": cache_key(config),
         "parameters": sum(p.numel() for p in model.parameters()),
         "final_train_loss": final_loss,
-        "logit_scale": scale,
-        "calibration_accuracy": calibration_accuracy,
+        **calibration,
         "test_accuracy_t1": test_accuracy,
         f"test_pass_at_{config.eval_samples}": test_pass_at_k,
         "build_seconds": round(seconds, 1),
     }
     # Written last: its presence marks a complete build.
     (output_dir / "warm_start.json").write_text(json.dumps(report, indent=2) + "\n")
-    logger.info("tiny model: built in %.0f s, logit scale %.3f, test accuracy %s, pass@%d %s", seconds, scale,
+    logger.info("tiny model: built in %.0f s, logit scale %.3f, test accuracy %s, pass@%d %s", seconds,
+                calibration["logit_scale"],
                 test_accuracy, config.eval_samples, test_pass_at_k)
     return output_dir
 
@@ -387,6 +415,9 @@ def ensure_tiny_model(cache_dir: str | os.PathLike | None = None) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
         try:
             build_tiny_model(tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the cache is shared
             try:
                 os.rename(tmp, final)  # atomic on one filesystem
             except OSError:

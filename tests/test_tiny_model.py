@@ -2,7 +2,6 @@
 
 import json
 
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -67,11 +66,27 @@ def test_same_settings_give_identical_weights(tmp_path):
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)  # the seed matters, so the check can fail
 
 
+def test_output_gain_split_keeps_the_logits():
+    tok = tiny_model.build_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = tiny_model._new_model(tiny_model.TinyModelSettings(), tok)
+    ids = torch.tensor([tok.encode("17+5-8=22-8=14")])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        tiny_model._split_output_gain(model, 100.0)
+        after = model(input_ids=ids).logits
+    assert torch.allclose(before, after, rtol=1e-4, atol=1e-5)
+    assert model.model.norm.weight.abs().max() < 0.05  # the gain really moved
+
+
 def test_unknown_or_bad_setting_is_named(tmp_path):
     with pytest.raises(TypeError, match="stepz"):
         tiny_model.build_tiny_model(tmp_path, stepz=3)
     with pytest.raises(ValueError, match="target_accuracy"):
         tiny_model.build_tiny_model(tmp_path, target_accuracy=1.5)
+    with pytest.raises(ValueError, match="output_gain"):
+        tiny_model.build_tiny_model(tmp_path, output_gain=0)
 
 
 def test_ensure_tiny_model_caches(tiny_path, monkeypatch):
