@@ -3,10 +3,9 @@
 Task:     sfpo/Arithmetic-v0 (left-to-right +/- chains, 3 operands in 0..20), exact verifier.
 Model:    sfpo-tiny-arithmetic, a 0.55M-parameter Llama built and warm-started on first use.
 Hardware: 2 CPU cores, no GPU (all-local: 0 env runners, 0 learners).
-Expected: held-out accuracy (200 test problems x 4 samples at temperature 1) stays near the
-          warm start's 23%: measured 23.3% -> 25.1% after 40 iterations (README, "Measured").
-          This example does not yet reach the +5-point target; see the README.
-Time:     about 5 minutes on 2 idle cores, plus 1.5-2 minutes to build the model on first use.
+Expected: held-out accuracy (200 test problems x 4 samples at temperature 1) rises from the
+          warm start's 27.3% to 38.1% after 40 iterations (measured; README, "Measured so far").
+Time:     2-3 minutes on 2 cores, plus 2-3 minutes to build the model on first use.
 
 Run:  sfpo-rllib train file tuned_examples/arithmetic_sfpo.py --output runs/arithmetic_sfpo
 """
@@ -27,7 +26,7 @@ config = (
         group_size=8,
         train_batch_size_per_learner=256,  # 32 prompts x 8 samples
         minibatch_size=128,
-        lr=3e-5,  # <- crucial: at 1e-4 and above the tiny model's accuracy falls (see README)
+        lr=3e-5,  # <- crucial: the paper's 1e-6 is for 1.5B-7B models; much higher destabilises
         grad_clip=1.0,
         weight_decay=0.0,
     )
