@@ -1,7 +1,7 @@
 """The embedded default model ``sfpo-tiny-arithmetic``: a tiny character-level Llama, built offline.
 
-Nothing is downloaded. On first use the model is built from scratch in about a minute on two
-CPU cores and cached; ``resolve_model("sfpo-tiny-arithmetic")`` returns the cached folder, which
+Nothing is downloaded. On first use the model is built from scratch (about 2-3 minutes on one
+CPU core) and cached; ``resolve_model("sfpo-tiny-arithmetic")`` returns the cached folder, which
 ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained`` load like any other checkpoint.
 
 It is a *constructed* base model, made to resemble the paper's starting point (a model that is
@@ -15,8 +15,8 @@ something to sharpen. How it is made:
    under a second on CPU).
 3. Warm start: a short supervised run (AdamW, cosine schedule) on worked solutions of
    ``sfpo/Arithmetic-v0`` train problems (``17+5-8=`` -> ``22-8=14<eos>``, loss on the
-   completion only). It is deliberately short: the model is stopped soon after it starts to
-   get problems right, not trained to convergence.
+   completion only), 1400 steps of 64. Short: about half the held-out problems right at
+   temperature 1, two thirds near greedy; far from converged.
 4. Calibration: accuracy after a short run sits on a steep part of the learning curve, so the
    last step pins it. The final RMSNorm weight is multiplied by a scalar ``s``, which multiplies
    every logit by ``s`` (a sampling temperature 1/s folded into the weights). ``s`` is found by
