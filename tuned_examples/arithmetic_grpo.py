@@ -3,8 +3,8 @@
 Task:     sfpo/Arithmetic-v0 (left-to-right +/- chains, 3 operands in 0..20), exact verifier.
 Model:    sfpo-tiny-arithmetic, built and warm-started on first use.
 Hardware: 2 CPU cores, no GPU (all-local).
-Expected: not measured at this lr; at lr 5e-5 GRPO stayed at 21-23% over 40 iterations
-          (README, "Measured"), below the +5-point target.
+Expected: held-out accuracy 27.3% -> 30.8% after 40 iterations (measured), against SFPO's
+          27.3% -> 38.1% with the same settings (README, "Measured so far").
 Time:     about 2-3 minutes on 2 idle cores (one pass per batch instead of four).
 
 Run:  sfpo-rllib train file tuned_examples/arithmetic_grpo.py --output runs/arithmetic_grpo
