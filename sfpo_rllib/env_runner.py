@@ -149,9 +149,7 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
 
     def evaluate(self, *, indices: Sequence[int], samples_per_problem: int, seed: int) -> dict[str, Any]:
         """Per-problem correct counts on the held-out split at the training temperature."""
-        if self._test_task is None:
-            self._test_task = TextTask(make_env(self.config.env, self.config.env_config, **self.config.test_env_config))
-        _, _, verdicts, expanded, t_gen, t_verify = self._rollout(self._test_task, indices, samples_per_problem, seed)
+        _, _, verdicts, expanded, t_gen, t_verify = self._rollout(self._held_out_task(), indices, samples_per_problem, seed)
         correct: dict[int, int] = {}
         for (reward, info), index in zip(verdicts, expanded):
             correct[index] = correct.get(index, 0) + int(bool(info.get("correct", reward >= 1.0)))
@@ -160,9 +158,13 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
     def num_problems(self, split: str = "train") -> int:
         if split == "train":
             return len(self.train_task)
+        return len(self._held_out_task())
+
+    def _held_out_task(self) -> TextTask:
+        """The held-out environment, made on first use (training-only runs never build it)."""
         if self._test_task is None:
             self._test_task = TextTask(make_env(self.config.env, self.config.env_config, **self.config.test_env_config))
-        return len(self._test_task)
+        return self._test_task
 
     # ----- EnvRunner / Checkpointable API -------------------------------------------
     @override(EnvRunner)
