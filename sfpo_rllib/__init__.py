@@ -8,6 +8,10 @@ then ``ray.init()`` again calls ``sfpo_rllib.register()`` once more.
 
 from ray.tune.registry import register_trainable
 
+from sfpo_rllib.quiet import quiet_known_notices
+
+quiet_known_notices()  # before anything below logs Ray's start-up notices
+
 from sfpo_rllib.grpo import GRPO, GRPOConfig
 from sfpo_rllib.sfpo import SFPO
 from sfpo_rllib.sfpo_config import SFPOConfig
