@@ -225,7 +225,9 @@ def serve_program(site_packages, calls_fd, replies_fd):
             request = loads(line)
             value = namespace[request["name"]]
             if request["op"] == "call":
-                value = value(*request["args"], **request["kwargs"])
+                args = decode(request["args"])
+                kwargs = {k: decode(v) for k, v in request["kwargs"].items()}
+                value = value(*args, **kwargs)
             reply = {"ok": True, "value": encode(value)}
         except BaseException as exc:  # the judge raises it in the tests
             if isinstance(exc, SystemExit):
