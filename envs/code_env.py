@@ -28,6 +28,7 @@ block, no code, timeout or crash without a block).
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Mapping, Sequence
 
@@ -80,6 +81,7 @@ def defines(code: str, name: str | None) -> bool:
     return re.search(pattern, code, flags=re.M) is not None
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_code(text: str) -> bool:
     try:
         compile(text, "prompt", "exec")
@@ -90,9 +92,18 @@ def _is_code(text: str) -> bool:
 
 def build_run(code: str, example: Mapping[str, Any]) -> tuple[str, str]:
     """``(program, tests)`` for ``Sandbox.run``: both start with the task's setup code
-    (the imports its prompt and tests assume); the tests run in the judge process."""
+    (the imports its prompt and tests assume); the tests run in the judge process.
+
+    Where the prompt is code (HumanEval), the judge runs it too, less the entry point:
+    helpers the tests call (``poly`` for ``find_zero``) are then the prompt's, and a
+    program cannot redefine what its own answer is checked with.
+    """
     setup = example.get("setup_code") or ""
-    return f"{setup}\n{code}\n", f"{setup}\n{example['test_code']}"
+    question, entry = example["question"], example.get("entry_point")
+    tests = f"{setup}\n{example['test_code']}"
+    if entry and _is_code(question):
+        tests = f"{setup}\n{question}\nglobals().pop({entry!r}, None)\n{example['test_code']}"
+    return f"{setup}\n{code}\n", tests
 
 
 class CodeEnv(VerifierEnv):
@@ -162,9 +173,7 @@ class CodeEnv(VerifierEnv):
             )
         self.prompt_template = resolve_template(prompt_template)
         self.completion_mode = completion_mode
-        # Which prompts are code that a completion can continue.
-        self._code_prompt = {ex["question"]: _is_code(ex["question"]) for ex in loaded.examples}
-        not_code = [ex for ex in loaded.examples if not self._code_prompt[ex["question"]]]
+        not_code = [ex for ex in loaded.examples if not _is_code(ex["question"])]
         if completion_mode == "continue" and not_code:
             row = not_code[0]
             raise ValueError(
@@ -191,7 +200,8 @@ class CodeEnv(VerifierEnv):
         # Only completions with code go to the sandbox; the rest score 0 without a run.
         to_run = [i for i, (code, _) in enumerate(programs) if code is not None]
         runs = [build_run(programs[i][0], examples[i]) for i in to_run]
-        results = self.sandbox.run_batch([p for p, _ in runs], [t for _, t in runs])
+        entry_points = [[examples[i]["entry_point"]] if examples[i].get("entry_point") else [] for i in to_run]
+        results = self.sandbox.run_batch([p for p, _ in runs], [t for _, t in runs], entry_points)
         by_index = dict(zip(to_run, results))
         return [self._verdict(where, by_index.get(i)) for i, (_, where) in enumerate(programs)]
 
@@ -200,8 +210,7 @@ class CodeEnv(VerifierEnv):
         code, where = extract_code(completion)
         mode = self.completion_mode
         if mode == "auto":
-            question = example["question"]
-            is_code = self._code_prompt[question] if question in self._code_prompt else _is_code(question)
+            is_code = _is_code(example["question"])
             mode = "continue" if is_code and not defines(code or "", example.get("entry_point")) else "full"
         if mode == "continue":
             if not completion.strip():

@@ -366,18 +366,23 @@ class Sandbox:
         """The isolation mode in use (probes the machine on first use)."""
         return self._get_mode().name
 
-    def run(self, program: str, tests: str | None = None) -> RunResult:
+    def run(self, program: str, tests: str | None = None, entry_points: Sequence[str] = ()) -> RunResult:
         """Run one Python program; ``passed`` means it exited 0 within the limits.
 
         With ``tests`` (Python source that fails by raising, e.g. asserts), the program
         only defines things and the tests run in a separate judge process that calls into
-        it; ``passed`` then means the tests ran to their end (see envs/judge.py).
+        it; ``passed`` then means the tests ran to their end (see envs/judge.py). Names
+        the tests use without defining them are the program's, except builtins, unless
+        listed in ``entry_points`` (e.g. a task that asks for a function called ``sum``).
         """
         if not isinstance(program, str) or not isinstance(tests, (str, type(None))):
             raise TypeError(
                 f"run() takes the program source (str) and tests (str or None), got "
                 f"{type(program).__name__} and {type(tests).__name__}."
             )
+        bad_names = [n for n in entry_points if not (isinstance(n, str) and n.isidentifier())]
+        if bad_names or isinstance(entry_points, str):
+            raise ValueError(f"`entry_points` must be a list of Python identifiers, got {entry_points!r}.")
         mode = self._get_mode()
         size = len(program.encode("utf-8", "surrogatepass")) + len((tests or "").encode("utf-8", "surrogatepass"))
         if size > self.file_size_mb * 1024 * 1024 // 2:
@@ -391,22 +396,29 @@ class Sandbox:
             )
         slot, uid = _acquire_uid()
         try:
-            return self._run(program, tests, mode, uid)
+            return self._run(program, tests, mode, uid, tuple(entry_points))
         finally:
             _release_uid(slot)
 
-    def run_batch(self, programs: Sequence[str], tests: Sequence[str] | None = None) -> list[RunResult]:
-        """Run many programs (with ``tests[i]`` for program i, if given), at most
-        ``max_workers`` at once; results in input order."""
+    def run_batch(
+        self, programs: Sequence[str], tests: Sequence[str] | None = None,
+        entry_points: Sequence[Sequence[str]] | None = None,
+    ) -> list[RunResult]:
+        """Run many programs (with ``tests[i]`` and ``entry_points[i]`` for program i, if
+        given), at most ``max_workers`` at once; results in input order."""
         programs = list(programs)
         tests_list = [None] * len(programs) if tests is None else list(tests)
-        if len(tests_list) != len(programs):
-            raise ValueError(f"run_batch got {len(programs)} programs but {len(tests_list)} tests.")
+        names_list = [()] * len(programs) if entry_points is None else list(entry_points)
+        if not len(tests_list) == len(names_list) == len(programs):
+            raise ValueError(
+                f"run_batch got {len(programs)} programs, {len(tests_list)} tests and "
+                f"{len(names_list)} entry_points: one each per program."
+            )
         if len(programs) <= 1:
-            return [self.run(p, t) for p, t in zip(programs, tests_list)]
+            return [self.run(*args) for args in zip(programs, tests_list, names_list)]
         self._get_mode()  # probe once, before the threads race for it
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(programs))) as pool:
-            return list(pool.map(self.run, programs, tests_list))
+            return list(pool.map(self.run, programs, tests_list, names_list))
 
     # ----- isolation probe -------------------------------------------------------------
     def _get_mode(self) -> _Mode:
@@ -501,7 +513,8 @@ class Sandbox:
         flags = ["-I", "-B"] if site else ["-I", "-B", "-S"]
         return [self.python, *flags, "-c", _RUNTIME, role, self._seccomp or "", *map(str, args)]
 
-    def _run(self, program: str, tests: str | None, mode: _Mode, uid: int) -> RunResult:
+    def _run(self, program: str, tests: str | None, mode: _Mode, uid: int,
+             entry_points: tuple[str, ...] = ()) -> RunResult:
         # choom: if memory runs out anyway, the OOM killer takes a jailed process first.
         limited = [_tool("choom"), "-n", "1000", "--", *self._limits_args()]
         site = "site" if self.site_packages else "nosite"
@@ -517,7 +530,7 @@ class Sandbox:
             os.close(low_w)
             judge_uid = uid + _JUDGE_UID_OFFSET
             judge_argv = [*limited, *(self._drop_args(judge_uid) if mode.drop_uid else []),
-                          *self._python_args("judge", verdict_w, 3, 4)]
+                          *self._python_args("judge", verdict_w, 3, 4, ",".join(entry_points))]
             program_argv = [*limited, *(self._drop_args(uid) if mode.drop_uid else []),
                             *self._python_args("program", site, 3, 4, site=self.site_packages)]
         launch = [str(len(judge_argv)), *judge_argv, *program_argv]
