@@ -178,7 +178,7 @@ class CodeEnv(VerifierEnv):
             row = not_code[0]
             raise ValueError(
                 f"`completion_mode` ('continue') needs prompts that are Python code to continue "
-                f"(the HumanEval layout), but the question of row {row.get('row')} of {data!r} is "
+                f"(the HumanEval layout), but the question of row {row.get('row')} of {row.get('source')} is "
                 f"not ({row['question'][:60]!r}...). Use completion_mode='full', or 'auto' "
                 "(which continues only code prompts)."
             )

@@ -75,7 +75,7 @@ fi
 judge= program= i=1
 while [ "$i" -le "$judge_n" ]; do judge="$judge \"\${$i}\""; i=$((i + 1)); done
 while [ "$i" -le "$#" ]; do program="$program \"\${$i}\""; i=$((i + 1)); done
-eval "$program" </dev/null 3<"$pdir/calls" 4>"$pdir/replies" &
+eval "exec $program" </dev/null 3<"$pdir/calls" 4>"$pdir/replies" &
 program_pid=$!
 eval "$judge" <"$pdir/tests.py" >/dev/null 2>&1 3>"$pdir/calls" 4<"$pdir/replies"
 wait "$program_pid"

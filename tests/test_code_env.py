@@ -327,3 +327,73 @@ def test_forged_success_scores_zero():
     # program alive (the judge is not fooled into failing honest code either).
     right = fenced("def add(a, b):\n    return a + b\n" + _CLAIM + "import sys\nsys.settrace(lambda *a: None)")
     assert env.score([right], [0])[0].reward == 1.0
+
+
+# A HumanEval-shaped task: the prompt is code with a helper the tests use.
+HELPER_TASK = [{
+    "question": 'def double(x):\n    return 2 * x\n\n\ndef add(a, b):\n    """Return a + b."""\n',
+    "test_code": "assert abs(add(1, 2) - 3) < 1e-9\nassert double(add(1, 1)) == 4\n",
+    "entry_point": "add",
+}]
+
+
+@needs_namespaces
+def test_program_cannot_redefine_helpers_or_builtins_the_tests_use():
+    env = CodeEnv(data=HELPER_TASK, timeout_s=5, isolation="namespaces")
+    cheats = [
+        "def add(a, b):\n    return 0\nabs = lambda x: 0\ndef double(x):\n    return 4\n",
+        "import builtins\nbuiltins.abs = lambda x: 0\ndef add(a, b):\n    return 0\n",
+    ]
+    verdicts = env.score([fenced(c) for c in cheats], [0, 0])
+    assert [v.reward for v in verdicts] == [0.0, 0.0], verdicts
+    honest = fenced("def add(a, b):\n    return a + b\n")
+    assert env.score([honest], [0])[0].reward == 1.0
+
+
+def test_continuation_and_entry_point_detection():
+    prompt = HELPER_TASK[0]["question"]
+    body = "    return a + b\n\n\ndef unrelated():\n    pass\n\nif __name__ == '__main__':\n    print(add(1, 2))\n"
+    assert continuation(prompt, body) == prompt + "    return a + b\n\n"  # cut at "\ndef"
+    assert continuation(prompt, "    return a + b") == prompt + "    return a + b"
+    assert defines("import os\nasync def add(a, b):\n    pass", "add")
+    assert defines("class add:\n    pass", "add") and defines("add = lambda a, b: a + b", "add")
+    assert not defines("def adder(a, b):\n    pass\nx = add(1, 2)", "add") and not defines("x = 1", None)
+
+
+def test_completion_mode_is_validated_in_one_line():
+    with pytest.raises(ValueError, match=r"`completion_mode` \('whole'\) must be one of full, continue, auto"):
+        CodeEnv(data=TOY, completion_mode="whole")
+    with pytest.raises(ValueError, match=r"`completion_mode` \('continue'\) needs prompts that are Python code.*row 1 of"):
+        CodeEnv(data=TOY, completion_mode="continue")  # a prose prompt cannot be continued
+    assert CodeEnv(data=HELPER_TASK, completion_mode="continue").prompt(0) == HELPER_TASK[0]["question"]
+    assert "```python" in CodeEnv(data=HELPER_TASK, completion_mode="auto").prompt(0)
+
+
+@needs_namespaces
+def test_completion_modes_score_base_model_continuations():
+    body = "    return a + b\n\n\ndef unrelated():\n    pass\n"
+    full_solution = fenced("def add(a, b):\n    return a + b\n")
+    cont = CodeEnv(data=HELPER_TASK, timeout_s=5, completion_mode="continue", isolation="namespaces")
+    auto = CodeEnv(data=HELPER_TASK, timeout_s=5, completion_mode="auto", isolation="namespaces")
+    full = CodeEnv(data=HELPER_TASK, timeout_s=5, completion_mode="full", isolation="namespaces")
+    (c_ok, c_wrong), (a_body, a_full, a_wrong), (f_body,) = (
+        cont.score([body, "    return a - b\n"], [0, 0]),
+        auto.score([body, full_solution, fenced("def add(a, b):\n    return a - b\n")], [0, 0, 0]),
+        full.score([body], [0]),
+    )
+    assert c_ok.reward == 1.0 and c_ok.info["extracted"] == "continuation", c_ok
+    assert c_wrong.reward == 0.0 and c_wrong.info["error"] == "AssertionError", c_wrong
+    assert a_body.reward == 1.0 and a_body.info["extracted"] == "continuation", a_body
+    assert a_full.reward == 1.0 and a_full.info["extracted"] == "python_block", a_full
+    assert a_wrong.reward == 0.0 and a_wrong.info["extracted"] == "python_block", a_wrong
+    assert f_body.reward == 0.0  # "full" runs the bare body: the HumanEval protocol needs "continue"
+
+
+@needs_bench
+def test_humaneval_references_pass_as_continuations():
+    env = CodeEnv(data=str(HUMANEVAL), split="test", timeout_s=REFERENCE_TIMEOUT_S, completion_mode="continue")
+    indices = list(range(0, len(env), 8))
+    bodies = [env.examples[i]["reference"][len(env.examples[i]["question"]):] for i in indices]
+    verdicts = env.score(bodies, indices)
+    failed = [env.examples[i]["entry_point"] for i, v in zip(indices, verdicts) if not v.correct]
+    assert not failed, failed
