@@ -62,6 +62,7 @@ def install_seccomp(bpf_hex):
 _TAG = "$sfpo"
 _ITER_CAP = 1_000_000  # items taken from a returned iterator or generator
 _VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
+_BIG_INT = 1 << 256
 
 
 class EncodeError(TypeError):
@@ -72,6 +73,9 @@ def encode(value, depth=0):
     if depth > 200:
         raise EncodeError("value nested more than 200 levels deep")
     t = type(value)
+    if t is int and not -_BIG_INT < value < _BIG_INT:
+        # In hex: decimal conversions of huge ints are capped (sys.int_info), hex is not.
+        return {_TAG: "int", "v": hex(value)}
     if value is None or t is bool or t is str or t is int or t is float:
         return value
     if t is list:
@@ -89,13 +93,12 @@ def encode(value, depth=0):
         return {_TAG: "complex", "v": [value.real, value.imag]}
     if t is range:
         return {_TAG: "range", "v": [value.start, value.stop, value.step]}
-    if t in _VIEWS:
-        kind = ("keys", "values", "items")[_VIEWS.index(t)]
-        return {_TAG: kind, "v": [encode(v, depth + 1) for v in value]}
-    if isinstance(value, bool):
-        return bool(value)
+    if t in _VIEWS[:2]:
+        return {_TAG: "keys" if t is _VIEWS[0] else "values", "v": [encode(v, depth + 1) for v in value]}
+    if t is _VIEWS[2]:
+        return {_TAG: "items", "v": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value]}
     if isinstance(value, int):  # IntEnum, other int subclasses: their int value
-        return int.__index__(value)
+        return encode(int.__index__(value), depth)
     if isinstance(value, float):
         return float.__float__(value)
     if isinstance(value, str):
@@ -112,8 +115,8 @@ def encode(value, depth=0):
             items.append(encode(item, depth + 1))
         return {_TAG: "iter", "v": items}
     raise EncodeError(
-        f"a {t.__module__}.{t.__qualname__} object cannot leave the sandbox: tests see plain "
-        "values only (None, bool, int, float, complex, str, bytes, list, tuple, dict, set, "
+        f"a {t.__module__}.{t.__qualname__} object cannot pass between the program and its "
+        "tests, which exchange plain values only (None, bool, int, float, complex, str, bytes, list, tuple, dict, set, "
         "range, iterators of those)"
     )
 
@@ -135,6 +138,8 @@ def decode(obj):
     kind, raw = obj[_TAG], obj["v"]
     if kind == "bytes" and type(raw) is str:
         return raw.encode("latin-1")
+    if kind == "int" and type(raw) is str:
+        return int(raw, 16)
     if kind == "complex" and type(raw) is list and len(raw) == 2:
         return complex(float(raw[0]), float(raw[1]))
     if kind == "range" and type(raw) is list and len(raw) == 3 and all(type(x) is int for x in raw):

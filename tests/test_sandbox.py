@@ -9,6 +9,7 @@ process of this test's sandbox uids may be left.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import secrets
@@ -332,6 +333,35 @@ def test_judge_sees_plain_values_exceptions_and_helpers(jail_or_fallback):
     )
     result = jail_or_fallback.run(program, tests, entry_points=["sum"])
     assert result.passed, result
+
+
+def test_values_cross_as_exact_builtins_only():
+    """The codec between program and judge: plain values round-trip, nothing else gets in."""
+    import json
+
+    from sfpo_envs import judge
+
+    def cross(value):
+        return judge.decode(json.loads(json.dumps(judge.encode(value))))
+
+    values = [None, True, -0.0, float("inf"), 10**5000, -(2**300), "é\ud800", b"\x00\xff",
+              (1, [2, (3,)]), {(1, 2): {"k": frozenset({1})}}, {1, 2}, 1 + 2j, range(1, 9, 2)]
+    for value in values:
+        out = cross(value)
+        assert out == value and type(out) is type(value), (value, out)
+    assert cross({"a": 1}.items()) == {"a": 1}.items() and list(cross(x for x in "ab")) == ["a", "b"]
+
+    class Yes(int):
+        __eq__ = lambda self, other: True
+        __hash__ = int.__hash__
+
+    assert type(cross(Yes(3))) is int and cross(Yes(3)) != 4
+    assert cross(collections.Counter("aab")) == {"a": 2, "b": 1}
+    with pytest.raises(TypeError, match="cannot pass between the program and its tests"):
+        judge.encode(object())
+    for forged in ({"$sfpo": "object", "v": []}, {"$sfpo": "tuple", "v": [], "x": 1}, {"__class__": "Yes"}):
+        with pytest.raises(ValueError):
+            judge.decode(forged)
 
 
 @needs_namespaces
