@@ -61,9 +61,10 @@ _MAX_SLOTS = 256
 _CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 # Starts the program, and with tests also the judge (envs/judge.py says why two
-# processes). Positional args: pdir judge_n judge_argv... program_argv...; pdir holds the
-# two FIFOs and tests.py, in a root-only directory: the redirections below open them as
-# root before each command drops to its own uid, so neither can open anything else there.
+# processes), which reads the tests from this script's stdin. Positional args: pdir
+# judge_n judge_argv... program_argv...; pdir holds the two FIFOs in a root-only
+# directory: the redirections below open them as root before each command drops to its
+# own uid, so neither can open anything else there.
 _LAUNCH = r"""
 pdir=$1 judge_n=$2
 shift 2
@@ -77,7 +78,7 @@ while [ "$i" -le "$judge_n" ]; do judge="$judge \"\${$i}\""; i=$((i + 1)); done
 while [ "$i" -le "$#" ]; do program="$program \"\${$i}\""; i=$((i + 1)); done
 eval "exec $program" </dev/null 3<"$pdir/calls" 4>"$pdir/replies" &
 program_pid=$!
-eval "$judge" <"$pdir/tests.py" >/dev/null 2>&1 3>"$pdir/calls" 4<"$pdir/replies"
+eval "$judge" >/dev/null 2>&1 3>"$pdir/calls" 4<"$pdir/replies"
 wait "$program_pid"
 exit $?
 """
@@ -97,9 +98,9 @@ mount -n -t tmpfs -o "size=${root_mb}m,mode=755,nosuid,nodev" sfpo-root "$root"
 cp -a "$skel/." "$root/"
 # The allowlisted, read-only host paths, /proc, /dev and /tmp (every mount and why: _jail_layout).
 mount -n -a -T "$fstab"
-# The program, then the tests, come on stdin: nothing of them is written to the host's disk.
+# The program, then the tests, come on stdin: nothing of them is written to the host's
+# disk; the program goes to /tmp/main.py, the tests stay on stdin for the judge.
 head -c "$program_bytes" > "$root/tmp/main.py"
-cat > "$root/.sfpo/tests.py"
 mount -n -o remount,ro,nosuid,nodev "$root"
 # Make the new root "/" and detach the host's root: the rest of the host's filesystem
 # (and any path to it, e.g. via ..) is gone from this namespace.
@@ -114,12 +115,17 @@ export PATH=%(child_path)s HOME=/tmp TMPDIR=/tmp
 """.replace("%(child_path)s", _CHILD_PATH).replace("%(ready)s", "sfpo-jail-ready") + _LAUNCH
 _READY = b"sfpo-jail-ready\n"
 
-# The weaker modes: no namespaces, the parent wrote main.py and pdir; just launch.
+# The weaker modes: no namespaces, the parent wrote main.py and the FIFOs; just launch.
 _PLAIN_SETUP = "set +e\n" + _LAUNCH
 
-# Runs inside the jail for every role (program, judge, plain): stdlib only.
-_RUNTIME = (Path(__file__).with_name("judge.py").read_text(encoding="utf-8")
-            + "\nmain(sys.argv[1:])\n")
+# Runs envs/judge.py inside the jail for every role (program, judge, plain) from a copy
+# whose .pyc the jail's interpreter made (compiling its source costs 12 ms a process).
+_RUNTIME_MODULE = "sfpo_judge"
+_RUNTIME_STUB = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); import sfpo_judge; del sys.path[0]; "
+    "sfpo_judge.main(sys.argv[1:])"
+)
+_JAIL_RUNTIME_DIR = "/.sfpo-runtime"
 
 # The judge's uid is the program's plus this: another unprivileged uid per run, so the
 # program cannot signal, trace or open the files of the judge (uids stay < 2**32 - 1).
@@ -475,7 +481,8 @@ class Sandbox:
         if name == "limits":
             missing += (
                 ", and programs run as THIS user: they can read and delete your files "
-                "(~/.ssh, checkpoints) and kill your processes"
+                "(~/.ssh, checkpoints), kill your processes, and forge a passing test verdict "
+                "(the judge runs under the same uid)"
             )
             if os.geteuid() == 0:
                 missing += "; as root, the process-count limit is not enforced (a fork bomb can take the machine down)"
@@ -509,20 +516,21 @@ class Sandbox:
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
         ]
 
-    def _python_args(self, role: str, *args: object, site: bool = False) -> list[str]:
+    def _python_args(self, runtime: str, role: str, *args: object, site: bool = False) -> list[str]:
         flags = ["-I", "-B"] if site else ["-I", "-B", "-S"]
-        return [self.python, *flags, "-c", _RUNTIME, role, self._seccomp or "", *map(str, args)]
+        return [self.python, *flags, "-c", _RUNTIME_STUB, runtime, role, self._seccomp or "", *map(str, args)]
 
     def _run(self, program: str, tests: str | None, mode: _Mode, uid: int,
              entry_points: tuple[str, ...] = ()) -> RunResult:
         # choom: if memory runs out anyway, the OOM killer takes a jailed process first.
         limited = [_tool("choom"), "-n", "1000", "--", *self._limits_args()]
         site = "site" if self.site_packages else "nosite"
+        runtime = _JAIL_RUNTIME_DIR if mode.name == "namespaces" else _runtime_dir(self.python)
         verdict_r = verdict_w = None
         if tests is None:
             judge_argv: list[str] = []
             program_argv = [*limited, *(self._drop_args(uid) if mode.drop_uid else []),
-                            *self._python_args("plain", site, site=self.site_packages)]
+                            *self._python_args(runtime, "plain", site, site=self.site_packages)]
         else:
             # The verdict pipe: only the judge (and the root launcher) hold its write end.
             verdict_r, low_w = os.pipe()
@@ -530,9 +538,9 @@ class Sandbox:
             os.close(low_w)
             judge_uid = uid + _JUDGE_UID_OFFSET
             judge_argv = [*limited, *(self._drop_args(judge_uid) if mode.drop_uid else []),
-                          *self._python_args("judge", verdict_w, 3, 4, ",".join(entry_points))]
+                          *self._python_args(runtime, "judge", verdict_w, 3, 4, ",".join(entry_points))]
             program_argv = [*limited, *(self._drop_args(uid) if mode.drop_uid else []),
-                            *self._python_args("program", site, 3, 4, site=self.site_packages)]
+                            *self._python_args(runtime, "program", site, 3, 4, site=self.site_packages)]
         launch = [str(len(judge_argv)), *judge_argv, *program_argv]
         # Dies with the trainer thread that started it (no orphaned jails).
         outer = [_tool("setpriv"), "--pdeathsig", "KILL", "--"]
@@ -543,7 +551,7 @@ class Sandbox:
             tests_bytes = (tests or "").encode("utf-8", "surrogatepass")
             if mode.name == "namespaces":
                 skeleton, root, fstab = _jail_layout(self.ro_paths, self.python, self.disk_mb)
-                root_mb = self.file_size_mb + 1  # the new root holds only tests.py and FIFOs
+                root_mb = 2  # the new root holds only mount points, FIFOs and the runtime
                 cmd = [
                     *outer, _tool("unshare"),
                     "--net",  # no network: only a down loopback, no host sockets
@@ -567,11 +575,10 @@ class Sandbox:
                     os.chmod(workdir, 0o700)
                     os.chown(os.path.join(workdir, "main.py"), uid, uid)
                 pdir = tempfile.mkdtemp(prefix="sfpo-judge-")
-                if tests is not None:
-                    _make_judge_files(pdir, tests_bytes)
+                _make_fifos(pdir)
                 env.update(HOME=workdir, TMPDIR=workdir)
                 cmd = [*outer, "/bin/sh", "-c", _PLAIN_SETUP, "sh", pdir, *launch]
-                stdin_data, cwd = None, workdir
+                stdin_data, cwd = tests_bytes, workdir
         except BaseException:
             for fd in (verdict_r, verdict_w):
                 if fd is not None:
@@ -721,13 +728,43 @@ class Sandbox:
         return out, truncated, False
 
 
-def _make_judge_files(pdir: str, tests: bytes) -> None:
-    """The FIFOs and tests.py of the weaker modes (namespaces mode: the skeleton's /.sfpo)."""
+def _make_fifos(pdir: str) -> None:
+    """The judge's FIFOs in the weaker modes (namespaces mode: the skeleton's /.sfpo)."""
     os.chmod(pdir, 0o700)
     for name in ("calls", "replies"):
         os.mkfifo(os.path.join(pdir, name), 0o600)
-    with open(os.path.join(pdir, "tests.py"), "wb") as f:
-        f.write(tests)
+
+
+_runtime_lock = threading.Lock()
+_runtimes: dict[str, tuple[str, int]] = {}  # python -> (directory, creator pid)
+
+
+def _runtime_dir(python: str) -> str:
+    """A world-readable host directory with envs/judge.py as sfpo_judge.py and the .pyc
+    that ``python`` made of it (once per process; removed at exit)."""
+    with _runtime_lock:
+        cached = _runtimes.get(python)
+        if cached is not None and cached[1] == os.getpid() and os.path.isdir(cached[0]):
+            return cached[0]
+        directory = tempfile.mkdtemp(prefix="sfpo-runtime-")
+        os.chmod(directory, 0o755)
+        atexit.register(_remove_layout, directory, os.getpid())
+        source = os.path.join(directory, _RUNTIME_MODULE + ".py")
+        shutil.copyfile(Path(__file__).with_name("judge.py"), source)
+        os.chmod(source, 0o644)
+        compiled = subprocess.run(
+            [python, "-I", "-S", "-c", "import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True)", source],
+            capture_output=True, text=True, timeout=60, env={"PATH": _CHILD_PATH},
+        )
+        if compiled.returncode != 0:  # still works, from source, only slower
+            logger.warning("sfpo sandbox: could not precompile the judge runtime: %s", compiled.stderr.strip()[-300:])
+        for dirpath, dirnames, filenames in os.walk(directory):
+            for name in dirnames:
+                os.chmod(os.path.join(dirpath, name), 0o755)
+            for name in filenames:
+                os.chmod(os.path.join(dirpath, name), 0o644)
+        _runtimes[python] = (directory, os.getpid())
+        return directory
 
 
 def _parse_verdict(raw: bytes) -> dict | None:
@@ -806,7 +843,9 @@ def _jail_layout(ro_paths: Sequence[str], python: str, disk_mb: int) -> tuple[st
                              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
                              ("shm", "/tmp")):
             os.symlink(target, os.path.join(skeleton, "dev", name))
-        # The judge's channel to the program and its tests: root-only (see _LAUNCH).
+        # The runtime of every jailed Python (envs/judge.py), readable by all.
+        shutil.copytree(_runtime_dir(python), skeleton + _JAIL_RUNTIME_DIR)
+        # The judge's channel to the program: root-only (see _LAUNCH).
         os.mkdir(skeleton + "/.sfpo", 0o700)
         for name in ("calls", "replies"):
             os.mkfifo(f"{skeleton}/.sfpo/{name}", 0o600)
