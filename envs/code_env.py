@@ -82,12 +82,19 @@ def defines(code: str, name: str | None) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def _is_code(text: str) -> bool:
+def _compiles(text: str) -> bool:
     try:
         compile(text, "prompt", "exec")
     except (SyntaxError, ValueError):
         return False
     return True
+
+
+def code_prompt(example: Mapping[str, Any]) -> bool:
+    """Whether the prompt is code that declares the entry point (a HumanEval prompt):
+    a completion can continue it, and the judge can take the prompt's helpers from it."""
+    question, entry = example.get("question") or "", example.get("entry_point")
+    return bool(entry) and defines(question, entry) and _compiles(question)
 
 
 def build_run(code: str, example: Mapping[str, Any]) -> tuple[str, str]:
@@ -99,10 +106,10 @@ def build_run(code: str, example: Mapping[str, Any]) -> tuple[str, str]:
     program cannot redefine what its own answer is checked with.
     """
     setup = example.get("setup_code") or ""
-    question, entry = example["question"], example.get("entry_point")
     tests = f"{setup}\n{example['test_code']}"
-    if entry and _is_code(question):
-        tests = f"{setup}\n{question}\nglobals().pop({entry!r}, None)\n{example['test_code']}"
+    if code_prompt(example):
+        entry = example["entry_point"]
+        tests = f"{setup}\n{example['question']}\nglobals().pop({entry!r}, None)\n{example['test_code']}"
     return f"{setup}\n{code}\n", tests
 
 
@@ -173,14 +180,14 @@ class CodeEnv(VerifierEnv):
             )
         self.prompt_template = resolve_template(prompt_template)
         self.completion_mode = completion_mode
-        not_code = [ex for ex in loaded.examples if not _is_code(ex["question"])]
-        if completion_mode == "continue" and not_code:
-            row = not_code[0]
+        not_code = completion_mode == "continue" and next(
+            (ex for ex in loaded.examples if not code_prompt(ex)), None)
+        if not_code:
             raise ValueError(
-                f"`completion_mode` ('continue') needs prompts that are Python code to continue "
-                f"(the HumanEval layout), but the question of row {row.get('row')} of {row.get('source')} is "
-                f"not ({row['question'][:60]!r}...). Use completion_mode='full', or 'auto' "
-                "(which continues only code prompts)."
+                f"`completion_mode` ('continue') needs prompts that are Python code declaring the "
+                f"entry point (the HumanEval layout), but row {not_code.get('row')} of "
+                f"{not_code.get('source')} is not ({not_code['question'][:60]!r}...). Use "
+                "completion_mode='full', or 'auto' (which continues only code prompts)."
             )
         self.layout = loaded.layout
         self.skipped_rows = loaded.skipped
@@ -210,8 +217,8 @@ class CodeEnv(VerifierEnv):
         code, where = extract_code(completion)
         mode = self.completion_mode
         if mode == "auto":
-            is_code = _is_code(example["question"])
-            mode = "continue" if is_code and not defines(code or "", example.get("entry_point")) else "full"
+            continues = code_prompt(example) and not defines(code or "", example["entry_point"])
+            mode = "continue" if continues else "full"
         if mode == "continue":
             if not completion.strip():
                 return None, None
