@@ -1,4 +1,4 @@
-"""Run untrusted Python programs (model completions plus their tests) in a throwaway jail.
+"""Run untrusted Python programs (model completions) and their tests in a throwaway jail.
 
 Every program is treated as hostile. One run is one process tree that lives at most
 ``timeout_s`` seconds and is built from util-linux tools (present on every Debian/Ubuntu):
@@ -6,19 +6,24 @@ Every program is treated as hostile. One run is one process tree that lives at m
     setpriv --pdeathsig KILL          # the jail dies if the thread that started it dies
       unshare --net --pid --mount --ipc --uts --cgroup --fork --kill-child
         sh -c _NS_SETUP               # pid 1 of the jail: builds a new root, then runs
-          choom -n 1000               #   ...the program, one exec after another
+          choom -n 1000               #   ...each process, one exec after another
             prlimit <limits>
               setpriv --reuid=<uid> --no-new-privs --bounding-set=-all ...
-                python -I -S -B main.py   # (through a one-line -c runner, see below)
+                python -I -S -B -c <stub> ...   # envs/judge.py: seccomp filter, then the role
+
+``Sandbox.run(program)`` runs one program ("passed" = exit status 0).
+``Sandbox.run(program, tests)`` runs the program and, under another uid, a judge that runs
+the tests against it and alone can report that they passed (envs/judge.py says why).
 
 Isolation modes, probed once per interpreter (``Sandbox.isolation`` says which is active):
 
 * ``"namespaces"``: everything above (needs root on a host that permits unshare).
-* ``"uid+limits"``: no namespaces; resource limits, a throwaway uid and a temp dir.
+* ``"uid+limits"``: no namespaces; resource limits, throwaway uids and a temp dir.
 * ``"limits"``: resource limits and a temp dir only (the code runs as the caller).
 
-The fallbacks are logged once as a warning naming what is missing. ``Sandbox.run`` and
-``Sandbox.run_batch`` (bounded thread pool) return one ``RunResult`` per program.
+The fallbacks are logged once as a warning naming what is missing, and so is a missing
+libseccomp (then no seccomp filter). ``Sandbox.run`` and ``Sandbox.run_batch`` (bounded
+thread pool) return one ``RunResult`` per program.
 """
 
 from __future__ import annotations
