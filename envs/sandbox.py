@@ -241,39 +241,45 @@ SECCOMP_DENIED = (
 _CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
                           0x20000000, 0x40000000)
 _seccomp_lock = threading.Lock()
+_seccomp_built: list[str | None] = []  # [filter] once built (None: no libseccomp)
 
 
-@functools.lru_cache(maxsize=None)
 def _seccomp_filter() -> str | None:
-    """The filter as hex-encoded classic BPF, or None (warned once) without libseccomp."""
+    """The filter as hex-encoded classic BPF (built once), or None without libseccomp."""
     with _seccomp_lock:
-        try:
-            import errno
+        if not _seccomp_built:
+            _seccomp_built.append(_build_seccomp_filter())
+        return _seccomp_built[0]
 
-            import pyseccomp as seccomp
 
-            rules = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
-            for name in SECCOMP_DENIED:
-                try:
-                    rules.add_rule(seccomp.ERRNO(errno.EPERM), name)
-                except (RuntimeError, ValueError, OSError):
-                    pass  # not a syscall of this architecture or libseccomp version
-            for flag in _CLONE_NAMESPACE_FLAGS:
-                rules.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
-            rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
-            with tempfile.TemporaryFile() as f:
-                rules.export_bpf(f)
-                f.seek(0)
-                return f.read().hex()
-        except Exception as exc:  # ImportError, or libseccomp.so itself missing/broken
-            logger.warning(
-                "sfpo sandbox: running untrusted code WITHOUT a seccomp filter (%s: %s): jailed "
-                "programs can create user namespaces, use ptrace, io_uring, eBPF and other "
-                "kernel interfaces that escapes use. To fix, `pip install pyseccomp` and "
-                "install libseccomp (Debian/Ubuntu: apt-get install libseccomp2).",
-                type(exc).__name__, exc,
-            )
-            return None
+def _build_seccomp_filter() -> str | None:
+    try:
+        import errno
+
+        import pyseccomp as seccomp
+
+        rules = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+        for name in SECCOMP_DENIED:
+            try:
+                rules.add_rule(seccomp.ERRNO(errno.EPERM), name)
+            except (RuntimeError, ValueError, OSError):
+                pass  # not a syscall of this architecture or libseccomp version
+        for flag in _CLONE_NAMESPACE_FLAGS:
+            rules.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+        rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+        with tempfile.TemporaryFile() as f:
+            rules.export_bpf(f)
+            f.seek(0)
+            return f.read().hex()
+    except Exception as exc:  # ImportError, or libseccomp.so itself missing/broken
+        logger.warning(
+            "sfpo sandbox: running untrusted code WITHOUT a seccomp filter (%s: %s): jailed "
+            "programs can create user namespaces, use ptrace, io_uring, eBPF and other "
+            "kernel interfaces that escapes use. To fix, `pip install pyseccomp` and "
+            "install libseccomp (Debian/Ubuntu: apt-get install libseccomp2).",
+            type(exc).__name__, exc,
+        )
+        return None
 
 
 def _summarize(stderr: str, returncode: int | None, sig: str | None) -> str:
