@@ -83,7 +83,8 @@ while [ "$i" -le "$judge_n" ]; do judge="$judge \"\${$i}\""; i=$((i + 1)); done
 while [ "$i" -le "$#" ]; do program="$program \"\${$i}\""; i=$((i + 1)); done
 eval "exec $program" </dev/null 3<"$pdir/calls" 4>"$pdir/replies" &
 program_pid=$!
-eval "$judge" >/dev/null 2>&1 3>"$pdir/calls" 4<"$pdir/replies"
+# The tests' prints are dropped; the judge's own stderr (only if it crashes) is kept.
+eval "$judge" >/dev/null 3>"$pdir/calls" 4<"$pdir/replies"
 wait "$program_pid"
 exit $?
 """
