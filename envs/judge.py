@@ -210,7 +210,8 @@ def decode(obj):
 def _one_line(exc):
     import traceback
 
-    return traceback.format_exception_only(type(exc), exc)[-1].strip()[:300]
+    line = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return line.removeprefix(__name__ + ".")[:300]  # "ProgramError: ...", not "sfpo_judge.ProgramError"
 
 
 # ----- role "program" ------------------------------------------------------------------
