@@ -7,25 +7,29 @@
 ...       #  'timed_out': False, 'error': 'NameError: ...', 'duration_s': 0.15, ...}
 
 Rows are read by ``sfpo_envs.datasets.load_examples`` (HumanEval and MBPP layouts, our own
-code schema, or ``columns=``). The code is taken from the completion (the last ```python
-block, else the last ``` block, else an unclosed block, else the whole text) and run as
+code schema, or ``columns=``). The program is, by ``completion_mode``:
 
-    setup_code + code + test_code
+* ``"full"``: the code taken from the completion (the last ```python block, else the last
+  ``` block, else an unclosed block, else the whole text);
+* ``"continue"``: the prompt's code plus the completion, cut at the first line that starts
+  a new top-level block (the HumanEval protocol for base models);
+* ``"auto"``: "full" when that code defines the entry point, else "continue" (where the
+  prompt is code).
 
-in ``sfpo_envs.sandbox.Sandbox`` (a jail per run, ``max_workers`` at once). The test code
-exits nonzero when the code is wrong. A run passes when it exits 0 *and* printed a random
-per-run token that a line after the tests writes: code that ends the process early
-(``sys.exit(0)``, ``os._exit(0)``) before the tests ran does not pass.
+The sandbox runs ``setup_code + program`` in one process and ``setup_code + test_code``
+in a separate judge process that calls the program's functions (``Sandbox.run(program,
+tests)``, see envs/judge.py): the reward comes from the judge, which the program cannot
+reach, so it cannot be faked by exiting early, printing, or tampering with the tests.
 
-Reward: 1.0 when the program exits 0 within the limits; ``format_score`` when the code came
+Reward: 1.0 when the tests pass within the limits; ``format_score`` when the code came
 from a fenced block but failed (the policy followed the format); 0.0 otherwise (no fenced
 block, no code, timeout or crash without a block).
 """
 
 from __future__ import annotations
 
+import functools
 import re
-import secrets
 from typing import Any, Mapping, Sequence
 
 from sfpo_envs.base import Verdict, VerifierEnv
@@ -36,6 +40,10 @@ from sfpo_envs.templates import render, resolve_template
 _FENCED = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
 _UNCLOSED = re.compile(r"```([^\n`]*)\n((?:(?!```).)*)\Z", re.DOTALL)
 _PYTHON_TAGS = {"python", "python3", "py"}
+
+COMPLETION_MODES = ("full", "continue", "auto")
+# Where a continuation ends: the stop sequences of the HumanEval paper (Chen et al. 2021).
+CONTINUATION_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 
 
 def extract_code(completion: str) -> tuple[str | None, str | None]:
@@ -59,18 +67,50 @@ def extract_code(completion: str) -> tuple[str | None, str | None]:
     return code, where
 
 
-_DONE = "sfpo-tests-done-"
+def continuation(prompt: str, completion: str) -> str:
+    """The HumanEval program: the prompt, then the completion up to its first stop."""
+    cut = min((i for i in (completion.find(s) for s in CONTINUATION_STOPS) if i >= 0), default=len(completion))
+    return prompt + completion[:cut]
 
 
-def build_program(code: str, example: Mapping[str, Any], token: str | None = None) -> str:
-    """The program the sandbox runs: imports the task assumes, the code, then its tests.
+def defines(code: str, name: str | None) -> bool:
+    """Whether ``code`` defines ``name`` at top level (def, async def, class, or assignment)."""
+    if not name:
+        return False
+    pattern = rf"^(?:(?:async\s+)?def\s+{re.escape(name)}\s*\(|class\s+{re.escape(name)}\b|{re.escape(name)}\s*=)"
+    return re.search(pattern, code, flags=re.M) is not None
 
-    With ``token``, a last line prints it: seeing it proves the tests ran to the end.
+
+@functools.lru_cache(maxsize=4096)
+def _compiles(text: str) -> bool:
+    try:
+        compile(text, "prompt", "exec")
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def code_prompt(example: Mapping[str, Any]) -> bool:
+    """Whether the prompt is code that declares the entry point (a HumanEval prompt):
+    a completion can continue it, and the judge can take the prompt's helpers from it."""
+    question, entry = example.get("question") or "", example.get("entry_point")
+    return bool(entry) and defines(question, entry) and _compiles(question)
+
+
+def build_run(code: str, example: Mapping[str, Any]) -> tuple[str, str]:
+    """``(program, tests)`` for ``Sandbox.run``: both start with the task's setup code
+    (the imports its prompt and tests assume); the tests run in the judge process.
+
+    Where the prompt is code (HumanEval), the judge runs it too, less the entry point:
+    helpers the tests call (``poly`` for ``find_zero``) are then the prompt's, and a
+    program cannot redefine what its own answer is checked with.
     """
-    program = f"{example.get('setup_code') or ''}\n{code}\n\n{example['test_code']}"
-    if token is not None:
-        program += f"\nimport sys as _sfpo_sys\n_sfpo_sys.stdout.write('\\n{_DONE}{token}\\n')\n_sfpo_sys.stdout.flush()\n"
-    return program
+    setup = example.get("setup_code") or ""
+    tests = f"{setup}\n{example['test_code']}"
+    if code_prompt(example):
+        entry = example["entry_point"]
+        tests = f"{setup}\n{example['question']}\nglobals().pop({entry!r}, None)\n{example['test_code']}"
+    return f"{setup}\n{code}\n", tests
 
 
 class CodeEnv(VerifierEnv):
@@ -80,7 +120,9 @@ class CodeEnv(VerifierEnv):
         data: path (.jsonl, .jsonl.gz, .json, .parquet, or a directory with
             ``{split}.jsonl``), ``"hf:org/name"``, or a list of dicts.
         split: which split of a directory or hub dataset (a single file is read whole).
-        prompt_template: "code" (default) or a string with ``{question}``.
+        prompt_template: a template name or a string with ``{question}``; default "code"
+            (asks for a ```python block), or "plain" (the prompt as is) when
+            ``completion_mode="continue"``.
         layout: "auto" (detect from the columns), "humaneval", "mbpp" or "code".
         columns: map our field names to yours, e.g. ``{"question": "problem"}``.
         on_bad_row: "error" (raise, naming file and row) or "skip" (log and count them).
@@ -89,13 +131,17 @@ class CodeEnv(VerifierEnv):
         max_workers: programs run at once by ``verify_batch``.
         memory_mb: address-space limit per process of a run.
         isolation: "auto" or a mode the sandbox must provide (see ``sandbox.ISOLATION_MODES``).
+        completion_mode: "full" (the completion is the whole solution), "continue" (the
+            prompt is code and the completion continues it: base models on HumanEval) or
+            "auto" ("full" when the completion's code defines the entry point, else
+            "continue" where the prompt is code).
     """
 
     def __init__(
         self,
         data: Any = None,
         split: str = "train",
-        prompt_template: str = "code",
+        prompt_template: str | None = None,
         *,
         layout: str = "auto",
         columns: Mapping[str, str] | None = None,
@@ -105,6 +151,7 @@ class CodeEnv(VerifierEnv):
         max_workers: int = 2,
         memory_mb: int = 1024,
         isolation: str = "auto",
+        completion_mode: str = "full",
     ):
         if data is None:
             raise ValueError(
@@ -112,6 +159,14 @@ class CodeEnv(VerifierEnv):
                 "layout, or question + test_code columns), a directory, 'hf:org/name', or a "
                 "list of dicts."
             )
+        if completion_mode not in COMPLETION_MODES:
+            raise ValueError(
+                f"`completion_mode` ({completion_mode!r}) must be one of {', '.join(COMPLETION_MODES)}: "
+                "'full' when the model writes the whole solution (chat models), 'continue' when "
+                "it continues a code prompt (base models on HumanEval), 'auto' to decide per completion."
+            )
+        if prompt_template is None:
+            prompt_template = "plain" if completion_mode == "continue" else "code"
         # Built first so that bad sandbox settings fail before the data is read.
         self.sandbox = Sandbox(
             timeout_s=timeout_s, max_workers=max_workers, memory_mb=memory_mb, isolation=isolation
@@ -124,6 +179,16 @@ class CodeEnv(VerifierEnv):
                 "Use sfpo/Math-v0, or pass layout= / columns= if the layout was detected wrongly."
             )
         self.prompt_template = resolve_template(prompt_template)
+        self.completion_mode = completion_mode
+        not_code = completion_mode == "continue" and next(
+            (ex for ex in loaded.examples if not code_prompt(ex)), None)
+        if not_code:
+            raise ValueError(
+                f"`completion_mode` ('continue') needs prompts that are Python code declaring the "
+                f"entry point (the HumanEval layout), but row {not_code.get('row')} of "
+                f"{not_code.get('source')} is not ({not_code['question'][:60]!r}...). Use "
+                "completion_mode='full', or 'auto' (which continues only code prompts)."
+            )
         self.layout = loaded.layout
         self.skipped_rows = loaded.skipped
         self.num_skipped = loaded.num_skipped
@@ -138,41 +203,41 @@ class CodeEnv(VerifierEnv):
     def verify_batch(
         self, completions: Sequence[str], examples: Sequence[Mapping[str, Any]]
     ) -> list[Verdict]:
-        extracted = [extract_code(c) for c in completions]
+        programs = [self._program(c, ex) for c, ex in zip(completions, examples)]
         # Only completions with code go to the sandbox; the rest score 0 without a run.
-        to_run = [i for i, (code, _) in enumerate(extracted) if code is not None]
-        # Unguessable by the completion (it is not in the prompt and differs per run).
-        tokens = {i: secrets.token_hex(16) for i in to_run}
-        results = self.sandbox.run_batch(
-            [build_program(extracted[i][0], examples[i], tokens[i]) for i in to_run]
-        )
+        to_run = [i for i, (code, _) in enumerate(programs) if code is not None]
+        runs = [build_run(programs[i][0], examples[i]) for i in to_run]
+        entry_points = [[examples[i]["entry_point"]] if examples[i].get("entry_point") else [] for i in to_run]
+        results = self.sandbox.run_batch([p for p, _ in runs], [t for _, t in runs], entry_points)
         by_index = dict(zip(to_run, results))
-        return [
-            self._verdict(where, by_index.get(i), tokens.get(i))
-            for i, (_, where) in enumerate(extracted)
-        ]
+        return [self._verdict(where, by_index.get(i)) for i, (_, where) in enumerate(programs)]
 
-    def _verdict(self, where: str | None, result: RunResult | None, token: str | None) -> Verdict:
+    def _program(self, completion: str, example: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """``(code, where)``; where is extract_code's, or "continuation"."""
+        code, where = extract_code(completion)
+        mode = self.completion_mode
+        if mode == "auto":
+            continues = code_prompt(example) and not defines(code or "", example["entry_point"])
+            mode = "continue" if continues else "full"
+        if mode == "continue":
+            if not completion.strip():
+                return None, None
+            return continuation(example["question"], completion), "continuation"
+        return code, where
+
+    def _verdict(self, where: str | None, result: RunResult | None) -> Verdict:
         if result is None:
             info = {"extracted": None, "passed": False, "timed_out": False,
                     "error": "no code in the completion"}
             return Verdict(reward=0.0, correct=False, info=info)
         fenced = where in ("python_block", "block", "unclosed_block")
-        finished = f"{_DONE}{token}" in result.stdout.splitlines()
-        passed = result.passed and finished
-        error = result.error
-        if result.passed and not finished:
-            error = (
-                "exited with status 0 before its tests finished (e.g. sys.exit or os._exit)"
-                if not result.stdout_truncated
-                else f"output exceeded max_output_bytes={self.sandbox.max_output_bytes}"
-            )
+        passed = result.passed and result.judged
         reward = 1.0 if passed else (self.format_score if fenced else 0.0)
         info = {
             "extracted": where,
             "passed": passed,
             "timed_out": result.timed_out,
-            "error": error,
+            "error": result.error,
             "duration_s": round(result.duration_s, 4),
             "isolation": result.isolation,
         }

@@ -1,4 +1,4 @@
-"""Run untrusted Python programs (model completions plus their tests) in a throwaway jail.
+"""Run untrusted Python programs (model completions) and their tests in a throwaway jail.
 
 Every program is treated as hostile. One run is one process tree that lives at most
 ``timeout_s`` seconds and is built from util-linux tools (present on every Debian/Ubuntu):
@@ -6,24 +6,30 @@ Every program is treated as hostile. One run is one process tree that lives at m
     setpriv --pdeathsig KILL          # the jail dies if the thread that started it dies
       unshare --net --pid --mount --ipc --uts --cgroup --fork --kill-child
         sh -c _NS_SETUP               # pid 1 of the jail: builds a new root, then runs
-          choom -n 1000               #   ...the program, one exec after another
+          choom -n 1000               #   ...each process, one exec after another
             prlimit <limits>
               setpriv --reuid=<uid> --no-new-privs --bounding-set=-all ...
-                python -I -S -B main.py   # (through a one-line -c runner, see below)
+                python -I -S -B -c <stub> ...   # envs/judge.py: seccomp filter, then the role
+
+``Sandbox.run(program)`` runs one program ("passed" = exit status 0).
+``Sandbox.run(program, tests)`` runs the program and, under another uid, a judge that runs
+the tests against it and alone can report that they passed (envs/judge.py says why).
 
 Isolation modes, probed once per interpreter (``Sandbox.isolation`` says which is active):
 
 * ``"namespaces"``: everything above (needs root on a host that permits unshare).
-* ``"uid+limits"``: no namespaces; resource limits, a throwaway uid and a temp dir.
+* ``"uid+limits"``: no namespaces; resource limits, throwaway uids and a temp dir.
 * ``"limits"``: resource limits and a temp dir only (the code runs as the caller).
 
-The fallbacks are logged once as a warning naming what is missing. ``Sandbox.run`` and
-``Sandbox.run_batch`` (bounded thread pool) return one ``RunResult`` per program.
+The fallbacks are logged once as a warning naming what is missing, and so is a missing
+libseccomp (then no seccomp filter). ``Sandbox.run`` and ``Sandbox.run_batch`` (bounded
+thread pool) return one ``RunResult`` per program.
 """
 
 from __future__ import annotations
 
 import atexit
+import fcntl
 import functools
 import logging
 import math
@@ -38,6 +44,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 logger = logging.getLogger(__name__)
@@ -58,19 +65,49 @@ _MAX_SLOTS = 256
 # tokens, cluster addresses live in env vars).
 _CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
 
+# Starts the program, and with tests also the judge (envs/judge.py says why two
+# processes), which reads the tests from this script's stdin. Positional args: pdir
+# judge_n judge_argv... program_argv...; pdir holds the two FIFOs in a root-only
+# directory: the redirections below open them as root before each command drops to its
+# own uid, so neither can open anything else there.
+_LAUNCH = r"""
+pdir=$1 judge_n=$2
+shift 2
+if [ "$judge_n" -eq 0 ]; then
+  "$@" </dev/null
+  exit $?
+fi
+# The two argv lists, as "${1}" "${2}"... for eval: no value is ever parsed as code.
+judge= program= i=1
+while [ "$i" -le "$judge_n" ]; do judge="$judge \"\${$i}\""; i=$((i + 1)); done
+while [ "$i" -le "$#" ]; do program="$program \"\${$i}\""; i=$((i + 1)); done
+eval "exec $program" </dev/null 3<"$pdir/calls" 4>"$pdir/replies" &
+program_pid=$!
+# The tests' prints are dropped; the judge's own stderr (only if it crashes) is kept.
+eval "$judge" >/dev/null 3>"$pdir/calls" 4<"$pdir/replies"
+wait "$program_pid"
+exit $?
+"""
+
 # Builds the jail. Runs as root inside fresh namespaces, as pid 1 (it stays pid 1 so that
 # unshare's --kill-child tears the whole namespace down; setpriv would clear that signal).
 # The mounts themselves are listed, with the attack each one stops, in _jail_layout.
-# Positional args: root fstab command...
+# Positional args: skeleton root fstab root_mb program_bytes, then _LAUNCH's.
 _NS_SETUP = r"""
 set -eu
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
-root=$1 fstab=$2
-shift 2
-# The allowlisted, read-only root (every mount and why: _jail_layout).
+skel=$1 root=$2 fstab=$3 root_mb=$4 program_bytes=$5
+shift 5
+# The new root is a fresh tmpfs filled from the skeleton, not a bind of a host directory:
+# /proc/self/mountinfo then shows "/" for it, not where the jail lives on the host.
+mount -n -t tmpfs -o "size=${root_mb}m,mode=755,nosuid,nodev" sfpo-root "$root"
+cp -a "$skel/." "$root/"
+# The allowlisted, read-only host paths, /proc, /dev and /tmp (every mount and why: _jail_layout).
 mount -n -a -T "$fstab"
-# The program comes on stdin: nothing of it is written to the host's disk.
-cat > "$root/tmp/main.py"
+# The program, then the tests, come on stdin: nothing of them is written to the host's
+# disk; the program goes to /tmp/main.py, the tests stay on stdin for the judge.
+head -c "$program_bytes" > "$root/tmp/main.py"
+mount -n -o remount,ro,nosuid,nodev "$root"
 # Make the new root "/" and detach the host's root: the rest of the host's filesystem
 # (and any path to it, e.g. via ..) is gone from this namespace.
 cd "$root"
@@ -81,18 +118,28 @@ cd /tmp
 echo %(ready)s
 set +e
 export PATH=%(child_path)s HOME=/tmp TMPDIR=/tmp
-"$@" </dev/null
-exit $?
-""".replace("%(child_path)s", _CHILD_PATH).replace("%(ready)s", "sfpo-jail-ready")
+""".replace("%(child_path)s", _CHILD_PATH).replace("%(ready)s", "sfpo-jail-ready") + _LAUNCH
 _READY = b"sfpo-jail-ready\n"
 
+# The weaker modes: no namespaces, the parent wrote main.py and the FIFOs; just launch.
+_PLAIN_SETUP = "set +e\n" + _LAUNCH
 
-# With -S, run main.py as `python main.py` would, plus the exit()/quit() builtins that
-# the skipped site module would have added (programs do call them).
-_RUN_MAIN_WITHOUT_SITE = (
-    "import site, sys; site.setquit(); del site; __file__ = sys.argv[0] = 'main.py'; "
-    "exec(compile(open(__file__, 'rb').read(), __file__, 'exec'))"
+# Runs envs/judge.py inside the jail for every role (program, judge, plain) from a copy
+# whose .pyc the jail's interpreter made (compiling its source costs 12 ms a process).
+_RUNTIME_MODULE = "sfpo_judge"
+_RUNTIME_STUB = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); import sfpo_judge; del sys.path[0]; "
+    "sfpo_judge.main(sys.argv[1:])"
 )
+_JAIL_RUNTIME_DIR = "/.sfpo-runtime"
+
+# The judge's uid is the program's plus this: another unprivileged uid per run, so the
+# program cannot signal, trace or open the files of the judge (uids stay < 2**32 - 1).
+_JUDGE_UID_OFFSET = 1 << 31
+
+# The verdict pipe's end in the jail gets a number >= this, clear of the fds the launch
+# script and the roles use (0-4).
+_VERDICT_FD_MIN = 10
 
 
 class SandboxError(RuntimeError):
@@ -103,7 +150,7 @@ class SandboxError(RuntimeError):
 class RunResult:
     """What happened to one program."""
 
-    passed: bool  # exited with status 0 before the timeout
+    passed: bool  # exited with status 0 before the timeout; with tests: they all passed
     timed_out: bool
     returncode: int | None  # exit status; None when killed by a signal or timed out
     signal: str | None  # e.g. "SIGKILL" (limits) or "SIGSEGV" (stack overflow)
@@ -114,6 +161,9 @@ class RunResult:
     error: str | None  # one line: last traceback line, "timed out after 2s", ...
     duration_s: float
     isolation: str
+    # With tests: ``passed`` is the judge's verdict (the tests ran to their end in another
+    # process), not the program's exit status, which ``returncode`` still reports.
+    judged: bool = False
 
 
 @dataclass
@@ -169,6 +219,68 @@ def _python_prefixes(python: str) -> tuple[str, ...]:
         )
     exe_dir = os.path.dirname(os.path.abspath(python))
     return tuple(dict.fromkeys([*out.stdout.split(), exe_dir]))
+
+
+# Denied to every jailed process (EPERM) by a seccomp filter that libseccomp builds in the
+# trainer and the process installs before any of the program's code runs. A denylist of
+# what a program never needs and what escapes or attacks use: new namespaces (a user
+# namespace gives root-in-namespace and a large kernel attack surface), mounts, tracing
+# and reading other processes, the kernel keyring, eBPF, perf, io_uring (whose operations
+# bypass seccomp), kernel modules and other admin calls.
+SECCOMP_DENIED = (
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "move_mount",
+    "open_tree", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "open_by_handle_at", "name_to_handle_at", "init_module", "finit_module",
+    "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff",
+    "acct", "quotactl", "syslog", "lookup_dcookie", "personality",
+)
+# clone() flags that make new namespaces (clone3 hides its flags in memory that seccomp
+# cannot read, so it gets ENOSYS and libc falls back to clone).
+_CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
+                          0x20000000, 0x40000000)
+_seccomp_lock = threading.Lock()
+_seccomp_built: list[str | None] = []  # [filter] once built (None: no libseccomp)
+
+
+def _seccomp_filter() -> str | None:
+    """The filter as hex-encoded classic BPF (built once), or None without libseccomp."""
+    with _seccomp_lock:
+        if not _seccomp_built:
+            _seccomp_built.append(_build_seccomp_filter())
+        return _seccomp_built[0]
+
+
+def _build_seccomp_filter() -> str | None:
+    try:
+        import errno
+
+        import pyseccomp as seccomp
+
+        rules = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+        for name in SECCOMP_DENIED:
+            try:
+                rules.add_rule(seccomp.ERRNO(errno.EPERM), name)
+            except (RuntimeError, ValueError, OSError):
+                pass  # not a syscall of this architecture or libseccomp version
+        for flag in _CLONE_NAMESPACE_FLAGS:
+            rules.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+        rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+        with tempfile.TemporaryFile() as f:
+            rules.export_bpf(f)
+            f.seek(0)
+            return f.read().hex()
+    except Exception as exc:  # ImportError, or libseccomp.so itself missing/broken
+        logger.warning(
+            "sfpo sandbox: running untrusted code WITHOUT a seccomp filter (%s: %s): jailed "
+            "programs can create user namespaces, use ptrace, io_uring, eBPF and other "
+            "kernel interfaces that escapes use. To fix, `pip install pyseccomp` and "
+            "install libseccomp (Debian/Ubuntu: apt-get install libseccomp2).",
+            type(exc).__name__, exc,
+        )
+        return None
 
 
 def _summarize(stderr: str, returncode: int | None, sig: str | None) -> str:
@@ -264,6 +376,7 @@ class Sandbox:
         self.requested_isolation = isolation
         self.ro_paths = tuple(ro_paths)
         self._mode: _Mode | None = None
+        self._seccomp = _seccomp_filter()
 
     # ----- public API ----------------------------------------------------------------
     @property
@@ -271,12 +384,25 @@ class Sandbox:
         """The isolation mode in use (probes the machine on first use)."""
         return self._get_mode().name
 
-    def run(self, program: str) -> RunResult:
-        """Run one Python program; ``passed`` means it exited 0 within the limits."""
-        if not isinstance(program, str):
-            raise TypeError(f"run() takes the program source (str), got {type(program).__name__}.")
+    def run(self, program: str, tests: str | None = None, entry_points: Sequence[str] = ()) -> RunResult:
+        """Run one Python program; ``passed`` means it exited 0 within the limits.
+
+        With ``tests`` (Python source that fails by raising, e.g. asserts), the program
+        only defines things and the tests run in a separate judge process that calls into
+        it; ``passed`` then means the tests ran to their end (see envs/judge.py). Names
+        the tests use without defining them are the program's, except builtins, unless
+        listed in ``entry_points`` (e.g. a task that asks for a function called ``sum``).
+        """
+        if not isinstance(program, str) or not isinstance(tests, (str, type(None))):
+            raise TypeError(
+                f"run() takes the program source (str) and tests (str or None), got "
+                f"{type(program).__name__} and {type(tests).__name__}."
+            )
+        bad_names = [n for n in entry_points if not (isinstance(n, str) and n.isidentifier())]
+        if bad_names or isinstance(entry_points, str):
+            raise ValueError(f"`entry_points` must be a list of Python identifiers, got {entry_points!r}.")
         mode = self._get_mode()
-        size = len(program.encode("utf-8", "surrogatepass"))
+        size = len(program.encode("utf-8", "surrogatepass")) + len((tests or "").encode("utf-8", "surrogatepass"))
         if size > self.file_size_mb * 1024 * 1024 // 2:
             # Refused, not run: a program this big cannot be a real solution, and it must
             # not fill the jail's /tmp before its setup is done.
@@ -284,22 +410,33 @@ class Sandbox:
                 passed=False, timed_out=False, returncode=None, signal=None, stdout="",
                 stderr="", stdout_truncated=False, stderr_truncated=False,
                 error=f"program of {size} bytes is over half of file_size_mb={self.file_size_mb}",
-                duration_s=0.0, isolation=mode.name,
+                duration_s=0.0, isolation=mode.name, judged=tests is not None,
             )
         slot, uid = _acquire_uid()
         try:
-            return self._run(program, mode, uid)
+            return self._run(program, tests, mode, uid, tuple(entry_points))
         finally:
             _release_uid(slot)
 
-    def run_batch(self, programs: Sequence[str]) -> list[RunResult]:
-        """Run many programs, at most ``max_workers`` at once; results in input order."""
+    def run_batch(
+        self, programs: Sequence[str], tests: Sequence[str] | None = None,
+        entry_points: Sequence[Sequence[str]] | None = None,
+    ) -> list[RunResult]:
+        """Run many programs (with ``tests[i]`` and ``entry_points[i]`` for program i, if
+        given), at most ``max_workers`` at once; results in input order."""
         programs = list(programs)
+        tests_list = [None] * len(programs) if tests is None else list(tests)
+        names_list = [()] * len(programs) if entry_points is None else list(entry_points)
+        if not len(tests_list) == len(names_list) == len(programs):
+            raise ValueError(
+                f"run_batch got {len(programs)} programs, {len(tests_list)} tests and "
+                f"{len(names_list)} entry_points: one each per program."
+            )
         if len(programs) <= 1:
-            return [self.run(p) for p in programs]
+            return [self.run(*args) for args in zip(programs, tests_list, names_list)]
         self._get_mode()  # probe once, before the threads race for it
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(programs))) as pool:
-            return list(pool.map(self.run, programs))
+            return list(pool.map(self.run, programs, tests_list, names_list))
 
     # ----- isolation probe -------------------------------------------------------------
     def _get_mode(self) -> _Mode:
@@ -324,7 +461,7 @@ class Sandbox:
             slot, uid = _acquire_uid()
             try:
                 # json is not a frozen module: the interpreter must reach its stdlib.
-                result = self._run("import os, json; print('sfpo-ok', os.getuid())", mode, uid)
+                result = self._run("import os, json; print('sfpo-ok', os.getuid())", None, mode, uid)
                 ok = result.passed and result.stdout.split() == ["sfpo-ok", str(uid if mode.drop_uid else os.getuid())]
                 why = result.error or result.stdout.strip()[:200]
             except (SandboxError, OSError) as exc:
@@ -356,7 +493,8 @@ class Sandbox:
         if name == "limits":
             missing += (
                 ", and programs run as THIS user: they can read and delete your files "
-                "(~/.ssh, checkpoints) and kill your processes"
+                "(~/.ssh, checkpoints), kill your processes, and forge a passing test verdict "
+                "(the judge runs under the same uid)"
             )
             if os.geteuid() == 0:
                 missing += "; as root, the process-count limit is not enforced (a fork bomb can take the machine down)"
@@ -390,20 +528,42 @@ class Sandbox:
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
         ]
 
-    def _run(self, program: str, mode: _Mode, uid: int) -> RunResult:
+    def _python_args(self, runtime: str, role: str, *args: object, site: bool = False) -> list[str]:
+        flags = ["-I", "-B"] if site else ["-I", "-B", "-S"]
+        return [self.python, *flags, "-c", _RUNTIME_STUB, runtime, role, self._seccomp or "", *map(str, args)]
+
+    def _run(self, program: str, tests: str | None, mode: _Mode, uid: int,
+             entry_points: tuple[str, ...] = ()) -> RunResult:
         # choom: if memory runs out anyway, the OOM killer takes a jailed process first.
-        jailed = [_tool("choom"), "-n", "1000", "--", *self._limits_args()]
-        if mode.drop_uid:
-            jailed += self._drop_args(uid)
-        jailed += [self.python, "-I", "-B", "main.py"] if self.site_packages else [
-            self.python, "-I", "-B", "-S", "-c", _RUN_MAIN_WITHOUT_SITE]
+        limited = [_tool("choom"), "-n", "1000", "--", *self._limits_args()]
+        site = "site" if self.site_packages else "nosite"
+        runtime = _JAIL_RUNTIME_DIR if mode.name == "namespaces" else _runtime_dir(self.python)
+        verdict_r = verdict_w = None
+        if tests is None:
+            judge_argv: list[str] = []
+            program_argv = [*limited, *(self._drop_args(uid) if mode.drop_uid else []),
+                            *self._python_args(runtime, "plain", site, site=self.site_packages)]
+        else:
+            # The verdict pipe: only the judge (and the root launcher) hold its write end.
+            verdict_r, low_w = os.pipe()
+            verdict_w = fcntl.fcntl(low_w, fcntl.F_DUPFD_CLOEXEC, _VERDICT_FD_MIN)
+            os.close(low_w)
+            judge_uid = uid + _JUDGE_UID_OFFSET
+            judge_argv = [*limited, *(self._drop_args(judge_uid) if mode.drop_uid else []),
+                          *self._python_args(runtime, "judge", verdict_w, 3, 4, ",".join(entry_points))]
+            program_argv = [*limited, *(self._drop_args(uid) if mode.drop_uid else []),
+                            *self._python_args(runtime, "program", site, 3, 4, site=self.site_packages)]
+        launch = [str(len(judge_argv)), *judge_argv, *program_argv]
         # Dies with the trainer thread that started it (no orphaned jails).
         outer = [_tool("setpriv"), "--pdeathsig", "KILL", "--"]
         env = {"PATH": _CHILD_PATH, "LANG": "C.UTF-8"}
-        workdir = None
+        workdir = pdir = None
         try:
+            program_bytes = program.encode("utf-8", "surrogatepass")
+            tests_bytes = (tests or "").encode("utf-8", "surrogatepass")
             if mode.name == "namespaces":
-                root, fstab = _jail_layout(self.ro_paths, self.python, self.disk_mb)
+                skeleton, root, fstab = _jail_layout(self.ro_paths, self.python, self.disk_mb)
+                root_mb = 2  # the new root holds only mount points, FIFOs and the runtime
                 cmd = [
                     *outer, _tool("unshare"),
                     "--net",  # no network: only a down loopback, no host sockets
@@ -411,38 +571,65 @@ class Sandbox:
                     "--mount",  # private mounts for the new root below
                     "--ipc", "--uts", "--cgroup",  # no host SysV shm/semaphores, hostname
                     "--", "/bin/sh", "-c", _NS_SETUP, "sh",
-                    root, fstab, *jailed,
+                    skeleton, root, fstab, str(root_mb), str(len(program_bytes)),
+                    "/.sfpo", *launch,
                 ]
-                stdin_data = program.encode("utf-8", "surrogatepass")
+                stdin_data = program_bytes + tests_bytes
                 cwd = "/"
             else:
-                # An empty private directory, removed afterwards.
+                # An empty private directory for the program, removed afterwards; the FIFOs
+                # and the tests in another, which only the launcher (the caller) can open.
                 workdir = tempfile.mkdtemp(prefix="sfpo-sandbox-")
-                with open(os.path.join(workdir, "main.py"), "w", encoding="utf-8", errors="surrogatepass") as f:
-                    f.write(program)
+                with open(os.path.join(workdir, "main.py"), "wb") as f:
+                    f.write(program_bytes)
                 if mode.drop_uid:
                     os.chown(workdir, uid, uid)
                     os.chmod(workdir, 0o700)
                     os.chown(os.path.join(workdir, "main.py"), uid, uid)
+                pdir = tempfile.mkdtemp(prefix="sfpo-judge-")
+                _make_fifos(pdir)
                 env.update(HOME=workdir, TMPDIR=workdir)
-                cmd = [*outer, *jailed]
-                stdin_data, cwd = None, workdir
-            return self._execute(cmd, env, cwd, stdin_data, mode)
+                cmd = [*outer, "/bin/sh", "-c", _PLAIN_SETUP, "sh", pdir, *launch]
+                stdin_data, cwd = tests_bytes, workdir
+        except BaseException:
+            for fd in (verdict_r, verdict_w):
+                if fd is not None:
+                    os.close(fd)
+            for path in (workdir, pdir):
+                if path is not None:
+                    shutil.rmtree(path, ignore_errors=True)
+            raise
+        try:
+            # Owns (and closes) the verdict pipe from here on.
+            return self._execute(cmd, env, cwd, stdin_data, mode, verdict_r, verdict_w)
         finally:
-            if workdir is not None:
-                shutil.rmtree(workdir, ignore_errors=True)
+            for path in (workdir, pdir):
+                if path is not None:
+                    shutil.rmtree(path, ignore_errors=True)
 
-    def _execute(self, cmd, env, cwd, stdin_data, mode) -> RunResult:
+    def _execute(self, cmd, env, cwd, stdin_data, mode, verdict_r, verdict_w) -> RunResult:
         start = time.monotonic()
         deadline = start + self.timeout_s
         jailed = mode.name == "namespaces"
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd, bufsize=0,
-            start_new_session=True,  # own process group to kill; no controlling terminal
-        )
+        verdict_file = None if verdict_r is None else os.fdopen(verdict_r, "rb", buffering=0)
+        try:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd, bufsize=0,
+                start_new_session=True,  # own process group to kill; no controlling terminal
+                pass_fds=() if verdict_w is None else (verdict_w,),
+            )
+        except BaseException:
+            if verdict_file is not None:
+                verdict_file.close()
+            raise
+        finally:
+            if verdict_w is not None:
+                os.close(verdict_w)  # now only the jail holds it: EOF when the jail is gone
         try:
             streams = {"stdout": proc.stdout, "stderr": proc.stderr}
+            if verdict_file is not None:
+                streams["verdict"] = verdict_file
             extra = len(_READY) if jailed else 0
             out, truncated, timed_out = self._collect(proc, streams, extra, stdin_data, deadline)
         finally:
@@ -454,7 +641,7 @@ class Sandbox:
                 except (ProcessLookupError, PermissionError):
                     pass
             proc.wait()
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
+            for stream in (proc.stdin, proc.stdout, proc.stderr, verdict_file):
                 if stream is not None:
                     stream.close()
         duration = time.monotonic() - start
@@ -468,26 +655,39 @@ class Sandbox:
                 f"{stderr.strip()[-500:]}. This is a fault of the host, not of the program; "
                 "check that unshare/mount work as root here, or pass isolation='auto'."
             )
+        if "sfpo-seccomp-failed" in stderr:
+            raise SandboxError(
+                f"The sandbox could not install its seccomp filter: {stderr.strip()[-300:]}. "
+                "This is a fault of the host (a kernel without seccomp?), not of the program."
+            )
         stdout = raw_out.decode("utf-8", "replace")
         returncode, sig = _decode_status(proc.returncode, namespaced=jailed)
+        judged = verdict_file is not None
+        verdict = _parse_verdict(bytes(out.get("verdict", b""))) if judged else None
         if timed_out:
             returncode, error = None, f"timed out after {self.timeout_s:g}s (wall clock)"
+            passed = False
+        elif judged:
+            passed = verdict is not None and verdict["passed"] is True
+            error = None if passed else _judged_error(verdict, stderr, returncode, sig)
         else:
-            error = None if returncode == 0 else _summarize(stderr, returncode, sig)
-            if error is not None and (truncated["stdout"] or truncated["stderr"]):
-                error = f"output exceeded max_output_bytes={self.max_output_bytes} ({error})"
+            passed = returncode == 0
+            error = None if passed else _summarize(stderr, returncode, sig)
+        if error is not None and not timed_out and (truncated["stdout"] or truncated["stderr"]):
+            error = f"output exceeded max_output_bytes={self.max_output_bytes} ({error})"
         return RunResult(
-            passed=returncode == 0 and not timed_out, timed_out=timed_out,
+            passed=passed, timed_out=timed_out,
             returncode=returncode, signal=sig, stdout=stdout, stderr=stderr,
             stdout_truncated=truncated["stdout"], stderr_truncated=truncated["stderr"],
-            error=error, duration_s=duration, isolation=mode.name,
+            error=error, duration_s=duration, isolation=mode.name, judged=judged,
         )
 
     def _collect(self, proc, streams, extra_stdout, stdin_data, deadline):
         """Feed stdin; read the pipes until EOF, the cap or the deadline, keeping <= cap."""
-        out = {"stdout": bytearray(), "stderr": bytearray()}
-        caps = {"stdout": self.max_output_bytes + extra_stdout, "stderr": self.max_output_bytes}
-        truncated = {"stdout": False, "stderr": False}
+        out = {name: bytearray() for name in streams}
+        caps = {name: self.max_output_bytes for name in streams}
+        caps["stdout"] += extra_stdout
+        truncated = {name: False for name in streams}
         sel = selectors.DefaultSelector()
         for name, stream in streams.items():
             os.set_blocking(stream.fileno(), False)
@@ -540,30 +740,94 @@ class Sandbox:
         return out, truncated, False
 
 
+def _make_fifos(pdir: str) -> None:
+    """The judge's FIFOs in the weaker modes (namespaces mode: the skeleton's /.sfpo)."""
+    os.chmod(pdir, 0o700)
+    for name in ("calls", "replies"):
+        os.mkfifo(os.path.join(pdir, name), 0o600)
+
+
+_runtime_lock = threading.Lock()
+_runtimes: dict[str, tuple[str, int]] = {}  # python -> (directory, creator pid)
+
+
+def _runtime_dir(python: str) -> str:
+    """A world-readable host directory with envs/judge.py as sfpo_judge.py and the .pyc
+    that ``python`` made of it (once per process; removed at exit)."""
+    with _runtime_lock:
+        cached = _runtimes.get(python)
+        if cached is not None and cached[1] == os.getpid() and os.path.isdir(cached[0]):
+            return cached[0]
+        directory = tempfile.mkdtemp(prefix="sfpo-runtime-")
+        os.chmod(directory, 0o755)
+        atexit.register(_remove_layout, directory, os.getpid())
+        source = os.path.join(directory, _RUNTIME_MODULE + ".py")
+        shutil.copyfile(Path(__file__).with_name("judge.py"), source)
+        os.chmod(source, 0o644)
+        compiled = subprocess.run(
+            [python, "-I", "-S", "-c", "import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True)", source],
+            capture_output=True, text=True, timeout=60, env={"PATH": _CHILD_PATH},
+        )
+        if compiled.returncode != 0:  # still works, from source, only slower
+            logger.warning("sfpo sandbox: could not precompile the judge runtime: %s", compiled.stderr.strip()[-300:])
+        for dirpath, dirnames, filenames in os.walk(directory):
+            for name in dirnames:
+                os.chmod(os.path.join(dirpath, name), 0o755)
+            for name in filenames:
+                os.chmod(os.path.join(dirpath, name), 0o644)
+        _runtimes[python] = (directory, os.getpid())
+        return directory
+
+
+def _parse_verdict(raw: bytes) -> dict | None:
+    """The judge's one JSON line, or None (no verdict: the judge died or never ran)."""
+    import json
+
+    try:
+        verdict = json.loads(raw.decode("utf-8"))
+    except ValueError:
+        return None
+    if type(verdict) is not dict or type(verdict.get("passed")) is not bool:
+        return None
+    return verdict
+
+
+def _judged_error(verdict, stderr, returncode, sig) -> str:
+    if verdict is None:
+        return "the test judge ended without a verdict (" + _summarize(stderr, returncode, sig) + ")"
+    error = str(verdict.get("error") or "the tests failed")
+    if sig is not None and error.startswith("the program ended"):
+        error = f"{error}: {_summarize(stderr, returncode, sig)}"
+    return error
+
+
 _layout_lock = threading.Lock()
-_layouts: dict[tuple, tuple[str, str, int]] = {}  # key -> (root, fstab, creator pid)
+_layouts: dict[tuple, tuple[str, str, str, int]] = {}  # key -> (skeleton, root, fstab, creator pid)
 
 
-def _jail_layout(ro_paths: Sequence[str], python: str, disk_mb: int) -> tuple[str, str]:
-    """The jail's root directory and the fstab that ``mount -a`` applies to it.
+def _jail_layout(ro_paths: Sequence[str], python: str, disk_mb: int) -> tuple[str, str, str]:
+    """``(skeleton, root, fstab)``: what each run's setup copies, mounts onto and applies.
 
-    The root is a host directory of empty mount points (root-owned, made once per process
-    and removed at exit); every run mounts onto it in its own mount namespace with one
-    ``mount -a``, so building a jail costs a handful of processes, not dozens.
+    Made once per process (root-owned, removed at exit) in one host directory: the
+    skeleton holds the empty mount points, symlinks and the judge's FIFOs; each run, in
+    its own mount namespace, mounts a small tmpfs on ``root``, copies the skeleton into it
+    with one ``cp -a`` and applies the fstab with one ``mount -a``: a handful of
+    processes, not dozens, and no host path in the jail's /proc/self/mountinfo.
     """
     key = (tuple(ro_paths), python, disk_mb)
     with _layout_lock:
         cached = _layouts.get(key)
-        if cached is not None and cached[2] == os.getpid() and os.path.isdir(cached[0]):
-            return cached[0], cached[1]
-        root = tempfile.mkdtemp(prefix="sfpo-jail-root-")
-        os.chmod(root, 0o755)
-        fstab = root + ".fstab"
-        atexit.register(_remove_layout, root, fstab, os.getpid())
-        # The new root itself, read-only: nothing can be created at the top of the jail.
-        mounts = [(root, root, "none", "bind,ro")]
+        if cached is not None and cached[3] == os.getpid() and os.path.isdir(cached[0]):
+            return cached[0], cached[1], cached[2]
+        base = tempfile.mkdtemp(prefix="sfpo-jail-")
+        os.chmod(base, 0o755)
+        skeleton, root, fstab = base + "/skeleton", base + "/root", base + "/fstab"
+        os.mkdir(skeleton, 0o755)
+        os.mkdir(root, 0o755)
+        atexit.register(_remove_layout, base, os.getpid())
+        mounts = []
         for path in _outermost([*ro_paths, *_python_prefixes(python)]):
-            inside = root + path
+            inside = skeleton + path
             if os.path.islink(path):
                 os.makedirs(os.path.dirname(inside), mode=0o755, exist_ok=True)
                 os.symlink(os.readlink(path), inside)  # e.g. /bin -> usr/bin
@@ -578,26 +842,32 @@ def _jail_layout(ro_paths: Sequence[str], python: str, disk_mb: int) -> tuple[st
             # An allowlist of host paths, read-only and non-recursive: home dirs, the
             # repo, keys and sockets do not exist in the jail; nothing on the host can be
             # written or deleted; setuid binaries get no privileges.
-            mounts.append((path, inside, "none", "bind,ro,nosuid,nodev"))
+            mounts.append((path, root + path, "none", "bind,ro,nosuid,nodev"))
         for name in ("proc", "tmp", "dev"):
-            os.makedirs(os.path.join(root, name), mode=0o755, exist_ok=True)
+            os.makedirs(os.path.join(skeleton, name), mode=0o755, exist_ok=True)
         # /proc of the jail's PID namespace: only the jail's own processes are visible.
         mounts.append(("proc", root + "/proc", "proc", "nosuid,nodev,noexec"))
         # A minimal /dev: no disks, no host /dev/shm (the jail's /dev/shm is its /tmp).
         for name in ("null", "zero", "random", "urandom"):
-            open(os.path.join(root, "dev", name), "w").close()
+            open(os.path.join(skeleton, "dev", name), "w").close()
             mounts.append(("/dev/" + name, f"{root}/dev/{name}", "none", "bind"))
         for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
                              ("shm", "/tmp")):
-            os.symlink(target, os.path.join(root, "dev", name))
+            os.symlink(target, os.path.join(skeleton, "dev", name))
+        # The runtime of every jailed Python (envs/judge.py), readable by all.
+        shutil.copytree(_runtime_dir(python), skeleton + _JAIL_RUNTIME_DIR)
+        # The judge's channel to the program: root-only (see _LAUNCH).
+        os.mkdir(skeleton + "/.sfpo", 0o700)
+        for name in ("calls", "replies"):
+            os.mkfifo(f"{skeleton}/.sfpo/{name}", 0o600)
         # The only writable place: a size-capped tmpfs that vanishes with the namespace.
         mounts.append(("sfpo-tmp", root + "/tmp", "tmpfs", f"size={disk_mb}m,mode=1777,nosuid,nodev"))
         with open(fstab, "w") as f:
             for source, target, fstype, options in mounts:
                 f.write(f"{_fstab_escape(source)} {_fstab_escape(target)} {fstype} {options} 0 0\n")
-        _layouts[key] = (root, fstab, os.getpid())
-        return root, fstab
+        _layouts[key] = (skeleton, root, fstab, os.getpid())
+        return skeleton, root, fstab
 
 
 def _fstab_escape(path: str) -> str:
@@ -605,11 +875,9 @@ def _fstab_escape(path: str) -> str:
     return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
 
 
-def _remove_layout(root: str, fstab: str, creator: int) -> None:
+def _remove_layout(base: str, creator: int) -> None:
     if os.getpid() == creator:  # not from a forked child that inherited the atexit hook
-        shutil.rmtree(root, ignore_errors=True)
-        if os.path.exists(fstab):
-            os.remove(fstab)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _outermost(paths: Sequence[str]) -> list[str]:

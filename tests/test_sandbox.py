@@ -1,4 +1,8 @@
-"""The sandbox: results, limits, and hostile programs that must not harm the host.
+"""The sandbox: results, limits, judged runs, and hostile programs that must not harm the host.
+
+Judged runs (``run(program, tests)``) are checked in every isolation mode; from inside the
+jail, that the program cannot reach the judge, its pipes or its tests, and that the seccomp
+filter denies what it lists.
 
 Hostile programs run only through a Sandbox that requires the "namespaces" mode, and only
 after ``verified_jail`` has checked the jail from the inside (unprivileged uid, read-only
@@ -9,12 +13,14 @@ process of this test's sandbox uids may be left.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,7 +72,7 @@ def _leftovers() -> list[tuple[int, str]]:
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         uid = int(fields["Uid"].split()[0])
         parents[int(entry)] = int(fields["PPid"])
-        if uid in uids:
+        if uid in uids or uid - sandbox_mod._JUDGE_UID_OFFSET in uids:
             found.append((int(entry), f"uid {uid} {fields['Name'].strip()}"))
     me = os.getpid()
     for pid in parents:
@@ -98,6 +104,19 @@ def jail() -> Sandbox:
     if not NAMESPACES:
         pytest.skip("Linux namespaces are not available here")
     return Sandbox(timeout_s=TIMEOUT, isolation="namespaces", max_workers=4)
+
+
+@pytest.fixture(scope="module", params=["jail", "uid+limits", "limits"])
+def jail_or_fallback(request) -> Sandbox:
+    """Judged runs must work in every isolation mode (the weaker ones warn)."""
+    if request.param == "jail":
+        if not NAMESPACES:
+            pytest.skip("Linux namespaces are not available here")
+        return Sandbox(timeout_s=TIMEOUT * 2, isolation="namespaces", max_workers=4)
+    if request.param == "uid+limits" and os.geteuid() != 0:
+        pytest.skip("uid+limits needs root")
+    sandbox_mod._warned.add(request.param)  # the fallback warning has its own test
+    return Sandbox(timeout_s=TIMEOUT * 2, isolation=request.param, max_workers=4)
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +288,197 @@ def test_fallback_mode_still_has_timeout_and_clean_env(monkeypatch):
     assert slept.timed_out and not slept.passed and slept.duration_s < 1.5 + SLACK
     assert "hunter2" not in env.stdout and "SFPO_TEST_SECRET" not in env.stdout
     _assert_no_leftovers()
+
+
+# ----- tests judged in a separate process -----------------------------------------
+
+ADD_TESTS = "assert add(1, 2) == 3\nassert add(-1, 1) == 0\n"
+
+
+def test_judged_run_reports_the_verdict_not_the_exit_status(jail_or_fallback):
+    ok, wrong, crash, early, silent = jail_or_fallback.run_batch(
+        [
+            "def add(a, b):\n    return a + b\nprint('loaded')",
+            "def add(a, b):\n    return a - b",
+            "def add(a, b):\n    return a + b\nundefined_name",
+            "import os\nos._exit(0)",
+            "def plus(a, b):\n    return a + b",
+        ],
+        [ADD_TESTS] * 5,
+    )
+    assert ok.passed and ok.judged and ok.error is None and ok.stdout == "loaded\n", ok
+    assert not wrong.passed and wrong.returncode == 0 and wrong.error == "AssertionError", wrong
+    assert not crash.passed and crash.error == "NameError: name 'undefined_name' is not defined", crash
+    assert not early.passed and early.returncode == 0, early
+    assert early.error == "the program ended before its tests finished", early
+    assert silent.error == "NameError: name 'add' is not defined", silent
+
+
+def test_judge_sees_plain_values_exceptions_and_helpers(jail_or_fallback):
+    program = (
+        "import collections\n"
+        "def parts(s):\n    return (s.upper(), [1.5, None], {'k': {1, 2}}, b'x', 1 + 2j, range(3))\n"
+        "def counts(s):\n    return collections.Counter(s)\n"
+        "def gen(n):\n    return (i * i for i in range(n))\n"
+        "def fail(x):\n    raise ValueError(f'bad {x}')\n"
+        "def stop():\n    raise StopIteration\n"
+        "def sum(xs):\n    return -1\n"
+        "def abs(x):\n    return 0\n"
+        "LIMIT = 7\n"
+    )
+    tests = (
+        "assert parts('a') == ('A', [1.5, None], {'k': {1, 2}}, b'x', 1 + 2j, range(3))\n"
+        "assert type(parts('a')[0]) is str and counts('aab') == {'a': 2, 'b': 1}\n"
+        "assert list(gen(4)) == [0, 1, 4, 9] and LIMIT == 7\n"
+        "try:\n    fail(3)\n    raise AssertionError('no error')\nexcept ValueError as e:\n    assert str(e) == 'bad 3'\n"
+        "try:\n    stop()\nexcept StopIteration:\n    raise AssertionError('StopIteration reached the tests')\nexcept Exception:\n    pass\n"
+        "assert abs(-2) == 2\n"  # builtins stay the judge's ...
+        "assert sum([1, 2]) == -1\n"  # ... unless the tests ask for the program's
+    )
+    result = jail_or_fallback.run(program, tests, entry_points=["sum"])
+    assert result.passed, result
+
+
+def test_values_cross_as_exact_builtins_only():
+    """The codec between program and judge: plain values round-trip, nothing else gets in."""
+    import json
+
+    from sfpo_envs import judge
+
+    def cross(value):
+        return judge.decode(json.loads(json.dumps(judge.encode(value))))
+
+    values = [None, True, -0.0, float("inf"), 10**5000, -(2**300), "é\ud800", b"\x00\xff",
+              (1, [2, (3,)]), {(1, 2): {"k": frozenset({1})}}, {1, 2}, 1 + 2j, range(1, 9, 2)]
+    for value in values:
+        out = cross(value)
+        assert out == value and type(out) is type(value), (value, out)
+    assert cross({"a": 1}.items()) == {"a": 1}.items() and list(cross(x for x in "ab")) == ["a", "b"]
+
+    class Yes(int):
+        __eq__ = lambda self, other: True
+        __hash__ = int.__hash__
+
+    assert type(cross(Yes(3))) is int and cross(Yes(3)) != 4
+    assert cross(collections.Counter("aab")) == {"a": 2, "b": 1}
+    with pytest.raises(TypeError, match="cannot pass between the program and its tests"):
+        judge.encode(object())
+    for forged in ({"$sfpo": "object", "v": []}, {"$sfpo": "tuple", "v": [], "x": 1}, {"__class__": "Yes"}):
+        with pytest.raises(ValueError):
+            judge.decode(forged)
+
+
+@needs_namespaces
+def test_program_cannot_reach_the_judge_or_its_verdict(verified_jail):
+    spy = r"""
+import os, json, signal
+fds = {}
+for fd in os.listdir('/proc/self/fd'):
+    try:
+        fds[int(fd)] = os.readlink(f'/proc/self/fd/{fd}')
+    except OSError:
+        pass  # the listing's own fd, closed by now
+seen = {"fds": sorted(fds)}
+others = [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())]
+seen["others"] = {}
+for pid in others:
+    status = dict(l.split(':\t', 1) for l in open(f'/proc/{pid}/status') if ':\t' in l)
+    entry = seen["others"][pid] = {"uid": int(status["Uid"].split()[0])}
+    for what, action in (("fd", lambda: os.listdir(f'/proc/{pid}/fd')),
+                         ("kill", lambda: os.kill(pid, signal.SIGKILL)),
+                         ("mem", lambda: open(f'/proc/{pid}/mem', 'rb'))):
+        try:
+            action()
+            entry[what] = "allowed"
+        except OSError as exc:
+            entry[what] = exc.errno
+for path in ('/.sfpo/tests.py', '/.sfpo/calls', '/.sfpo/replies', '/.sfpo'):
+    try:
+        open(path, 'rb') if path != '/.sfpo' else os.listdir(path)
+        seen[path] = "allowed"
+    except OSError as exc:
+        seen[path] = exc.errno
+seen["uid"] = os.getuid()
+print(json.dumps(seen))
+def add(a, b):
+    return 0
+"""
+    result = verified_jail.run(spy, ADD_TESTS)
+    assert not result.passed and result.error == "AssertionError", result
+    import json
+
+    seen = json.loads(result.stdout)
+    assert seen["fds"] == [0, 1, 2, 3, 4], seen  # stdio and the two call pipes, nothing else
+    # The judge is there, under another uid, and like the jail's root init out of reach.
+    assert [e["uid"] != seen["uid"] and e["uid"] != 0 for e in seen["others"].values()] == [True], seen
+    for entry in seen["others"].values():
+        assert entry["kill"] == 1 and entry["fd"] == entry["mem"] == 13, seen  # EPERM, EACCES
+    for path in ('/.sfpo/tests.py', '/.sfpo/calls', '/.sfpo/replies', '/.sfpo'):
+        assert seen[path] == 13, seen  # EACCES
+
+
+@needs_namespaces
+def test_seccomp_denies_namespaces_tracing_and_kernel_interfaces(verified_jail):
+    if verified_jail._seccomp is None:
+        pytest.skip("no seccomp filter: pyseccomp or libseccomp is missing (the sandbox warned)")
+    probe = r"""
+import ctypes, errno, os, subprocess, threading
+libc = ctypes.CDLL(None, use_errno=True)
+SYS = {"unshare": 272, "setns": 308, "mount": 165, "ptrace": 101, "bpf": 321, "keyctl": 250,
+       "clone": 56, "io_uring_setup": 425, "perf_event_open": 298, "userfaultfd": 323}
+def call(name, *args):
+    ctypes.set_errno(0)
+    ret = libc.syscall(SYS[name], *[ctypes.c_long(a) for a in args])
+    return "ok" if ret >= 0 else errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno())
+CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
+out = {
+    "unshare(NEWUSER)": call("unshare", CLONE_NEWUSER),
+    "unshare(NEWNET)": call("unshare", CLONE_NEWNET),
+    "setns": call("setns", 0, 0),
+    "mount": call("mount", 0, 0, 0, 0, 0),
+    "ptrace(TRACEME)": call("ptrace", 0, 0, 0, 0),
+    "bpf": call("bpf", 0, 0, 0),
+    "keyctl": call("keyctl", 0, 0, 0),
+    "clone(NEWUSER)": call("clone", CLONE_NEWUSER | 17, 0, 0, 0, 0),
+    "io_uring_setup": call("io_uring_setup", 1, 0),
+    "perf_event_open": call("perf_event_open", 0, 0, -1, -1, 0),
+    "userfaultfd": call("userfaultfd", 0),
+}
+out["unshare -Ur"] = subprocess.run(["unshare", "-Ur", "true"], capture_output=True).returncode
+# What programs do need still works: fork, exec, threads.
+out["subprocess"] = subprocess.run(["echo", "hi"], capture_output=True, text=True).stdout
+t = threading.Thread(target=lambda: None)
+t.start(); t.join()
+out["mountinfo"] = open("/proc/self/mountinfo").read()
+out["status"] = [l.strip() for l in open("/proc/self/status") if l.startswith("Seccomp")]
+print(repr(out))
+"""
+    result = verified_jail.run(probe)
+    assert result.passed, result
+    out = eval(result.stdout)
+    denied = {k: v for k, v in out.items() if k not in ("unshare -Ur", "subprocess", "mountinfo", "status")}
+    assert all(v == "EPERM" for v in denied.values()), denied
+    assert out["unshare -Ur"] != 0 and out["subprocess"] == "hi\n", out
+    assert "Seccomp:\t2" in out["status"], out["status"]
+    # The new root is a tmpfs of its own: no host path of the jail in mountinfo.
+    mountinfo = out["mountinfo"]
+    assert "sfpo-jail" not in mountinfo and tempfile.gettempdir() + "/" not in mountinfo, mountinfo
+    root_line = next(line for line in mountinfo.splitlines() if line.split()[4] == "/")
+    assert root_line.split()[3] == "/" and "tmpfs" in root_line, root_line
+
+
+def test_without_libseccomp_the_sandbox_warns_once_and_runs(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)  # import fails
+    monkeypatch.setattr(sandbox_mod, "_warned", {"limits"})
+    monkeypatch.setattr(sandbox_mod, "_seccomp_built", [])  # build it again, without the library
+    with caplog.at_level(logging.WARNING, logger="sfpo_envs.sandbox"):
+        first = Sandbox(timeout_s=5, isolation="limits")
+        second = Sandbox(timeout_s=5, isolation="limits")
+        result = first.run("def add(a, b):\n    return a + b", ADD_TESTS)
+    assert first._seccomp is None and second._seccomp is None
+    assert result.passed, result
+    warnings = [r for r in caplog.records if "WITHOUT a seccomp filter" in r.getMessage()]
+    assert len(warnings) == 1 and "pip install pyseccomp" in warnings[0].getMessage(), caplog.text
 
 
 # ----- limits -----------------------------------------------------------------------
