@@ -158,7 +158,8 @@ class _ChunkedLogpEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
         hidden, weight, bias, targets = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
         use_entropy = ctx.entropy_grad and grad_entropy is not None
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight) if need_w else None
@@ -170,26 +171,30 @@ class _ChunkedLogpEntropy(torch.autograd.Function):
             stop = start + ctx.chunk
             h = hidden[start:stop].detach().requires_grad_(need_h)
             with torch.enable_grad(), torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_on):
-                logits = ctx.head.logits(h, w, b)
-                logp, entropy = _logp_and_entropy_of_logits(logits, targets[start:stop], ctx.temperature)
-            outputs, grads = [logp], [grad_logp[start:stop]]
+                raw = ctx.head.logits(h, w, b)  # only the output layer (+ transform) is differentiated by autograd
+            # d/dz of log p(t) = onehot(t) - p and of H = -p (log p + H), with z = raw / T,
+            # written out so that a chunk needs two (chunk, vocab) fp32 buffers, not a graph of them.
+            log_probs = torch.log_softmax(raw.detach().float() / ctx.temperature, dim=-1)
+            g = grad_logp[start:stop].unsqueeze(-1)
             if use_entropy:
-                outputs.append(entropy)
-                grads.append(grad_entropy[start:stop])
+                probs = log_probs.exp()
+                entropy = -(probs * log_probs).sum(dim=-1, keepdim=True)
+                grad_z = probs * (-g - grad_entropy[start:stop].unsqueeze(-1) * (log_probs + entropy))
+                del probs
+            else:
+                grad_z = log_probs.exp_().mul_(-g)
+            del log_probs
+            grad_z.scatter_add_(-1, targets[start:stop].unsqueeze(-1), g)
+            grad_raw = grad_z.div_(ctx.temperature).to(raw.dtype)
+            del grad_z
             inputs = [t for t, need in ((h, need_h), (w, need_w), (b, need_b)) if need]
-            got = list(torch.autograd.grad(outputs, inputs, grads, allow_unused=True))
-            if need_h and got[0] is not None:
+            got = list(torch.autograd.grad(raw, inputs, grad_raw))
+            if need_h:
                 grad_h[start:stop] = got.pop(0)
-            elif need_h:
-                got.pop(0)
             if need_w:
-                g = got.pop(0)
-                if g is not None:
-                    grad_w += g
+                grad_w += got.pop(0)
             if need_b:
-                g = got.pop(0)
-                if g is not None:
-                    grad_b += g
+                grad_b += got.pop(0)
         return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
