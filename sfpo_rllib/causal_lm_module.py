@@ -279,6 +279,8 @@ class CausalLMRLModule(TorchRLModule):
             LogitHead.of(self.lm)  # check the chunked replay once, before any sharding
         # Set by the learner when entropy_coeff != 0 (entropy then enters the loss).
         self.entropy_grad = False
+        # Sharded (FSDP2) learners: the full state, gathered by the learner (sharding.py).
+        self.gathered_state: dict[str, torch.Tensor] | None = None
 
     @override(TorchRLModule)
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
@@ -302,11 +304,19 @@ class CausalLMRLModule(TorchRLModule):
     # bfloat16 (RLLIB_NOTES.md), and a numpy round trip copies large models twice.
     @override(TorchRLModule)
     def get_state(self, components=None, *, not_components=None, inference_only=False, **kwargs):
+        if self.gathered_state is not None:
+            return dict(self.gathered_state)
         return {k: v.detach().cpu() for k, v in self.state_dict().items()}
 
     @override(TorchRLModule)
     def set_state(self, state: dict[str, Any]) -> None:
+        from sfpo_rllib.sharding import gather_full_state, is_sharded, load_full_model_state
+
         tensors = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
+        if is_sharded(self):  # every learner gets the full state and keeps its shard
+            load_full_model_state(self, tensors)
+            self.gathered_state, _ = gather_full_state(self, None)
+            return
         self.load_state_dict(tensors, strict=True)
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:

@@ -27,6 +27,10 @@ the optimizer step then run once. With DDP, all micro-batches but the last run u
 ``no_sync()``: one all-reduce per optimizer step. The θ⁰ and reference passes use the same
 micro-batches. ``mixed_precision`` runs forward and backward under autocast while the
 parameters, gradients, optimizer moments and the θ⁰ snapshot stay in fp32.
+``learner_strategy="fsdp2"`` shards the policy over the learners instead of replicating it
+(sharding.py); the gradients are then reduce-scattered after every micro-batch (so they
+accumulate sharded), and all learners run as many micro-batches as the busiest one (the
+others add empty ones: FSDP's collectives must pair up).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from sfpo_rllib.causal_lm_module import (
     load_causal_lm,
 )
 from sfpo_rllib.losses import aggregate, clipped_surrogate, kl_penalty
+from sfpo_rllib import sharding
 from sfpo_rllib.slow_fast import ParameterSnapshot
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -78,10 +83,59 @@ class SFPOTorchLearner(TorchLearner):
             # A frozen copy of the starting model: the KL anchor (costs one model of memory).
             self._reference = load_causal_lm(self.config.resolved_model_path(), self.config.model_dtype)
             self._reference.to(self._device).eval().requires_grad_(False)
+        if self._fsdp():
+            self._gather_full_state()  # what RLlib reads for the first weight sync
         if self.config.mixed_precision == "fp16":
             # fp16 gradients under- and overflow without loss scaling; RLlib's
             # apply_gradients steps the optimizer through this scaler.
             self._grad_scalers = {DEFAULT_MODULE_ID: torch.amp.GradScaler(self._device.type)}
+
+    # ----- sharding (learner_strategy="fsdp2") ------------------------------------------
+    def _fsdp(self) -> bool:
+        return self.config.learner_strategy == "fsdp2" and self.config.num_learners > 1
+
+    @override(TorchLearner)
+    def _make_module(self):
+        module = super()._make_module()
+        if self._fsdp():  # before the optimizer is built on the (then sharded) parameters
+            sharding.shard_policy(module[DEFAULT_MODULE_ID])
+        return module
+
+    @override(TorchLearner)
+    def _make_modules_ddp_if_necessary(self) -> None:
+        if not self._fsdp():
+            super()._make_modules_ddp_if_necessary()
+
+    def _gather_full_state(self) -> None:
+        policy = self._policy()
+        policy.gathered_state, self._gathered_optimizer_state = sharding.gather_full_state(
+            policy, self.get_optimizer(DEFAULT_MODULE_ID)
+        )
+
+    @override(TorchLearner)
+    def _get_optimizer_state(self):
+        if not self._fsdp():
+            return super()._get_optimizer_state()
+        return {"fsdp2_full_state": self._gathered_optimizer_state}
+
+    @override(TorchLearner)
+    def _set_optimizer_state(self, state) -> None:
+        if not self._fsdp():
+            return super()._set_optimizer_state(state)
+        sharding.load_full_optimizer_state(self._policy(), self.get_optimizer(DEFAULT_MODULE_ID), state["fsdp2_full_state"])
+        self._gather_full_state()
+
+    @override(TorchLearner)
+    def postprocess_gradients_for_module(self, *, module_id, config=None, module_gradients_dict):
+        if not self._fsdp() or config.grad_clip is None:
+            return super().postprocess_gradients_for_module(
+                module_id=module_id, config=config, module_gradients_dict=module_gradients_dict
+            )
+        if config.grad_clip_by != "global_norm":
+            raise ValueError(f"learner_strategy='fsdp2' clips by global norm only, not {config.grad_clip_by!r}.")
+        norm = sharding.clip_grad_norm_(list(module_gradients_dict.values()), config.grad_clip)
+        self.metrics.log_value((module_id, "gradients_maxabs_after_clipping_global_norm"), float(norm), window=1)
+        return dict(module_gradients_dict)
 
     def _autocast(self):
         """Forward (and, through autograd, backward) in the compute precision."""
@@ -139,6 +193,8 @@ class SFPOTorchLearner(TorchLearner):
             self._theta0.reposition(params, alpha)  # Stage II
         self._pass(minibatches)  # Stage III (GRPO's only pass)
         self.after_gradient_based_update(timesteps=timesteps or {})
+        if self._fsdp():
+            self._gather_full_state()
 
         return {
             "learner": self.metrics.reduce(),
@@ -172,6 +228,13 @@ class SFPOTorchLearner(TorchLearner):
             minibatches.append(micro_batches)
             for key in layout:
                 layout[key] += counts[key]
+        if self._fsdp():
+            wanted = sharding.max_over_learners([len(mb) for mb in minibatches])
+            for micro_batches, n in zip(minibatches, wanted):
+                while len(micro_batches) < n:  # an empty micro-batch: no tokens, zero loss and gradient
+                    empty = {k: v[:1].clone() for k, v in micro_batches[-1].items()}
+                    empty[COMPLETION_MASK].zero_()
+                    micro_batches.append(empty)
         return minibatches, layout
 
     @torch.no_grad()
@@ -181,12 +244,17 @@ class SFPOTorchLearner(TorchLearner):
         for micro in (micro for mb in minibatches for micro in mb):
             mask = micro[COMPLETION_MASK]
             with self._autocast():
-                logp, entropy = self._logp_and_entropy(policy.lm, micro)
+                out = policy(micro)  # through __call__: FSDP2 gathers the root's parameters there
+                logp, entropy = out[LOGP], out[ENTROPY]
                 micro[OLD_LOGP] = logp
                 if self._reference is not None:
                     micro[REF_LOGP], _ = self._logp_and_entropy(self._reference, micro)
             entropy_sum += float((entropy * mask).sum())
             num_tokens += float(mask.sum())
+        if self._fsdp():
+            # A forward without backward leaves the root's parameters gathered (FSDP2 reshards
+            # them after the backward): shard them again before θ⁰ is snapshotted from them.
+            policy.reshard()
         return entropy_sum, num_tokens
 
     def _logp_and_entropy(self, lm, micro):
@@ -216,14 +284,15 @@ class SFPOTorchLearner(TorchLearner):
         for optim in self._optimizer_parameters:
             optim.zero_grad(set_to_none=True)
         module = self.module[DEFAULT_MODULE_ID]
+        sync_each = self._fsdp()  # FSDP2 reduce-scatters every micro-batch: gradients stay sharded
         scaler = self._grad_scalers[DEFAULT_MODULE_ID] if self._grad_scalers is not None else None
         for i, micro in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             # DDP all-reduces in the backward of the last micro-batch only.
-            sync = contextlib.nullcontext() if last or not hasattr(module, "no_sync") else module.no_sync()
+            sync = contextlib.nullcontext() if last or sync_each or not hasattr(module, "no_sync") else module.no_sync()
             with sync:
                 with self._autocast():
-                    fwd_out = self.module.forward_train({DEFAULT_MODULE_ID: micro})
+                    fwd_out = {DEFAULT_MODULE_ID: module(micro)}  # DDP / FSDP2 forward hooks run in __call__
                     loss = self.compute_losses(fwd_out=fwd_out, batch={DEFAULT_MODULE_ID: micro})[DEFAULT_MODULE_ID]
                 (scaler.scale(loss) if scaler is not None else loss).backward()
         if scaler is not None:

@@ -2,9 +2,11 @@
 gradient accumulation, padding efficiency, mixed precision, and the settings' checks."""
 
 import copy
+import sys
 
 import numpy as np
 import pytest
+import ray
 import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
 
@@ -103,29 +105,59 @@ def test_gradient_clipping_applies_once_to_the_accumulated_gradient(random_llama
     assert max_diff(params_of(whole), params_of(micro)) < 1e-7
 
 
-def test_two_ddp_learners_with_micro_batches_match_a_local_unbatched_learner(random_llama, ray_session):
+def local_numel(learner):
+    from sfpo_rllib.sharding import local
+
+    params = learner._trainable()
+    return {
+        "params": sum(local(p).numel() for p in params),
+        "full": sum(p.numel() for p in params),
+        "theta0": sum(t.numel() for t in learner._theta0._require()),
+        "adam": sum(s["exp_avg"].numel() for s in learner.get_optimizer(DEFAULT_MODULE_ID).state.values()
+                    if hasattr(s["exp_avg"], "numel") and not hasattr(s["exp_avg"], "to_local"))
+                + sum(s["exp_avg"].to_local().numel() for s in learner.get_optimizer(DEFAULT_MODULE_ID).state.values()
+                      if hasattr(s["exp_avg"], "to_local")),
+    }
+
+
+@pytest.mark.parametrize("strategy", [
+    "ddp",
+    pytest.param("fsdp2", marks=[pytest.mark.xfail(
+        strict=True, raises=AssertionError, reason="FSDP2 learners shard parameters, θ⁰ and Adam state, but end ~1e-3 away from "
+                            "the local learner after 2 Adam steps at lr 1e-3: not yet found why")]),
+])
+def test_two_learners_with_micro_batches_match_a_local_unbatched_learner(random_llama, ray_session, strategy, monkeypatch):
+    monkeypatch.setenv("SFPO_RLLIB_EXPERIMENTAL_FSDP2", "1")
     records = uneven_records(seed=3)
-    local = learner_for(random_llama, optimizer="adamw", lr=1e-3)
+    local = learner_for(random_llama, optimizer="adamw", lr=1e-3, grad_clip=0.5)
     local.update(batch=batches_for(records)[0], alpha=0.8, fast_steps=2)
     config = (
         SFPOConfig()
         .environment("sfpo/Arithmetic-v0")
-        .training(optimizer="adamw", weight_decay=0.0, lr=1e-3, grad_clip=None, group_size=4,
+        .training(optimizer="adamw", weight_decay=0.0, lr=1e-3, grad_clip=0.5, group_size=4,
                   train_batch_size_per_learner=8, minibatch_size=4, clip_param=0.2)
-        .scaling(max_tokens_per_micro_batch=30)
+        .scaling(max_tokens_per_micro_batch=30, learner_strategy=strategy)
         .generation(model_name_or_path=str(random_llama), max_new_tokens=24)
         .learners(num_learners=2, num_cpus_per_learner=0.5)
     )
     config.validate()
     group = config.build_learner_group(spaces=SPACES)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship local_numel to the learners
     try:
         results = group.update(batches=batches_for(records, num_learners=2), alpha=0.8, fast_steps=2)
-        assert all(r["sfpo"]["micro_batches"] > 2 for r in results)
+        counts = [r["sfpo"]["micro_batches"] for r in results]
+        assert min(counts) > 2
+        sizes = group.foreach_learner(local_numel)
         state = group.get_weights()[DEFAULT_MODULE_ID]
     finally:
         group.shutdown()
-    ddp = {k[len("lm."):]: v for k, v in state.items()}
-    assert max_diff(params_of(local), ddp) < 1e-5
+    shared = {k[len("lm."):]: v for k, v in state.items()}
+    assert max_diff(params_of(local), shared) < 1e-5
+    for size in (s.get() if hasattr(s, "get") else s for s in sizes):
+        if strategy == "fsdp2":  # 1/W of parameters, θ⁰ and Adam moments on each learner
+            assert size["params"] == size["theta0"] == size["adam"] <= size["full"] // 2 + 1000
+        else:
+            assert size["params"] == size["theta0"] == size["adam"] == size["full"]
 
 
 # ----- mixed precision ----------------------------------------------------------------------
