@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 
@@ -92,3 +93,95 @@ def build_learner_batches(
         ),
     }
     return batches, stats
+
+
+# ----- micro-batches: what one forward/backward holds -----------------------------------
+def plan_micro_batches(
+    prompt_lengths: Sequence[int],
+    completion_lengths: Sequence[int],
+    *,
+    max_tokens: int | None = None,
+    max_rows: int | None = None,
+) -> list[np.ndarray]:
+    """Cut one minibatch's rows into micro-batches; returns each micro-batch's row indices.
+
+    With neither limit the whole minibatch is one micro-batch in its own order (today's
+    layout). Otherwise rows are sorted by length, longest first (rows of similar length
+    share a micro-batch, so little padding is computed, and the largest micro-batch runs
+    first), then packed greedily while ``rows x (longest prompt + longest completion)``
+    stays within ``max_tokens`` and the row count within ``max_rows`` (verl's dynamic
+    batch size). A row that alone exceeds ``max_tokens`` is a ``RowTooLongError``.
+    """
+    prompts = np.asarray(prompt_lengths, dtype=np.int64)
+    completions = np.maximum(np.asarray(completion_lengths, dtype=np.int64), 1)
+    n = len(prompts)
+    if max_tokens is None and max_rows is None:
+        return [np.arange(n)]
+    lengths = prompts + completions
+    if max_tokens is not None and n and lengths.max() > max_tokens:
+        row = int(lengths.argmax())
+        raise RowTooLongError(row, int(prompts[row]), int(completions[row]), max_tokens)
+    order = np.argsort(-lengths, kind="stable")
+    groups, current, widest_p, widest_c = [], [], 0, 0
+    for row in order:
+        p, c = max(widest_p, prompts[row]), max(widest_c, completions[row])
+        too_many_tokens = max_tokens is not None and (len(current) + 1) * (p + c) > max_tokens
+        too_many_rows = max_rows is not None and len(current) >= max_rows
+        if current and (too_many_tokens or too_many_rows):
+            groups.append(np.array(current))
+            current, p, c = [], prompts[row], completions[row]
+        current.append(int(row))
+        widest_p, widest_c = p, c
+    if current:
+        groups.append(np.array(current))
+    return groups
+
+
+class RowTooLongError(ValueError):
+    def __init__(self, row: int, prompt: int, completion: int, budget: int):
+        self.row, self.length = row, prompt + completion
+        super().__init__(
+            f"`max_tokens_per_micro_batch` ({budget}) is smaller than row {row} of this minibatch "
+            f"({prompt} prompt + {completion} completion = {prompt + completion} tokens); a row cannot "
+            f"be split across micro-batches. Set max_tokens_per_micro_batch >= max_prompt_tokens + "
+            f"max_new_tokens (here at least {prompt + completion}), or lower max_new_tokens."
+        )
+
+
+def cut_micro_batches(
+    minibatch: dict[str, Any], *, max_tokens: int | None = None, max_rows: int | None = None
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """One minibatch (torch columns, [prompt P | completion C] layout) -> its micro-batches.
+
+    Each micro-batch is cut to its own widths: its longest prompt (the left padding of
+    shorter prompts beyond that is dropped) and its longest completion. Columns are
+    recognised by shape: (B, P + C) row layouts, (B, C) per-completion-token columns
+    (log-probs of any source), anything else per row. Returns the micro-batches and
+    ``real_tokens`` / ``computed_tokens`` (padding included) for the padding efficiency.
+    """
+    attention, completion_mask = minibatch[ATTENTION_MASK], minibatch[COMPLETION_MASK]
+    width = attention.shape[1]
+    c_width = completion_mask.shape[1]
+    p_width = width - c_width
+    prompt_lengths = attention[:, :p_width].sum(dim=1).tolist()
+    completion_lengths = completion_mask.sum(dim=1).long().tolist()
+    groups = plan_micro_batches(prompt_lengths, completion_lengths, max_tokens=max_tokens, max_rows=max_rows)
+    real = float(attention.sum())
+    if len(groups) == 1 and max_tokens is None and max_rows is None:
+        return [minibatch], {"real_tokens": real, "computed_tokens": float(attention.numel())}
+    micro_batches, computed = [], 0.0
+    for rows in groups:
+        index = torch.as_tensor(rows, device=attention.device)
+        p = int(max(prompt_lengths[r] for r in rows))
+        c = int(max(1, max(completion_lengths[r] for r in rows)))
+        micro = {}
+        for name, column in minibatch.items():
+            column = column[index]
+            if column.dim() == 2 and column.shape[1] == width:
+                column = column[:, p_width - p : p_width + c]
+            elif column.dim() == 2 and column.shape[1] == c_width:
+                column = column[:, :c]
+            micro[name] = column
+        micro_batches.append(micro)
+        computed += len(rows) * (p + c)
+    return micro_batches, {"real_tokens": real, "computed_tokens": computed}

@@ -156,6 +156,7 @@ class SFPO(Algorithm):
                 "switch_off_iteration": self.trigger.switch_off_iteration,
                 "reposition_distance": stats[0]["reposition_distance"],
                 "optimizer_steps": stats[0]["optimizer_steps"],
+                "padding_efficiency": sum(x["real_tokens"] for x in stats) / max(1.0, sum(x["computed_tokens"] for x in stats)),
                 "truncated_fraction": float(np.mean([not r["stopped"] for r in records])),
                 "verifier_timeouts": int(sum(r["timed_out"] for r in records)),
                 "time_generate_s": time_sample,

@@ -17,10 +17,25 @@ Optimizer and LR-schedule policy through the K+1 passes (explicit, as the author
   * RLlib's LR schedule (``lr`` given as a schedule) is evaluated once per iteration, in
     ``before_gradient_based_update``, on the env steps sampled so far: all K+1 passes of
     an iteration use the same lr.
+
+Memory (real-size models): every minibatch (one optimizer step) is cut into micro-batches
+(``max_tokens_per_micro_batch`` / ``micro_batch_size``, rows sorted by length, each padded
+to its own widths). Gradients of the micro-batches accumulate; the loss of each is its
+exact share of the whole minibatch's (normalised by the minibatch's global token and
+sequence counts), so the accumulated gradient is the minibatch's. Gradient clipping and
+the optimizer step then run once. With DDP, all micro-batches but the last run under
+``no_sync()``: one all-reduce per optimizer step. The θ⁰ and reference passes use the same
+micro-batches. ``mixed_precision`` runs forward and backward under autocast while the
+parameters, gradients, optimizer moments and the θ⁰ snapshot stay in fp32.
+``learner_strategy="fsdp2"`` shards the policy over the learners instead of replicating it
+(sharding.py); the gradients are then reduce-scattered after every micro-batch (so they
+accumulate sharded), and all learners run as many micro-batches as the busiest one (the
+others add empty ones: FSDP's collectives must pair up).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -30,7 +45,7 @@ from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.learner.training_data import TrainingData
 from ray.rllib.utils.annotations import override
 
-from sfpo_rllib.batch import ADVANTAGES, MB_INDEX, MB_NUM_SEQS, MB_NUM_TOKENS
+from sfpo_rllib.batch import ADVANTAGES, MB_INDEX, MB_NUM_SEQS, MB_NUM_TOKENS, RowTooLongError, cut_micro_batches
 from sfpo_rllib.causal_lm_module import (
     ATTENTION_MASK,
     COMPLETION_MASK,
@@ -41,7 +56,10 @@ from sfpo_rllib.causal_lm_module import (
     load_causal_lm,
 )
 from sfpo_rllib.losses import aggregate, clipped_surrogate, kl_penalty
+from sfpo_rllib import sharding
 from sfpo_rllib.slow_fast import ParameterSnapshot
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 OLD_LOGP = "old_logp"  # (B, C) log-probs under θ⁰, filled by the θ⁰ pass
 REF_LOGP = "ref_logp"  # (B, C) under the frozen reference model (only when kl_coeff > 0)
@@ -65,6 +83,64 @@ class SFPOTorchLearner(TorchLearner):
             # A frozen copy of the starting model: the KL anchor (costs one model of memory).
             self._reference = load_causal_lm(self.config.resolved_model_path(), self.config.model_dtype)
             self._reference.to(self._device).eval().requires_grad_(False)
+        if self._fsdp():
+            self._gather_full_state()  # what RLlib reads for the first weight sync
+        if self.config.mixed_precision == "fp16":
+            # fp16 gradients under- and overflow without loss scaling; RLlib's
+            # apply_gradients steps the optimizer through this scaler.
+            self._grad_scalers = {DEFAULT_MODULE_ID: torch.amp.GradScaler(self._device.type)}
+
+    # ----- sharding (learner_strategy="fsdp2") ------------------------------------------
+    def _fsdp(self) -> bool:
+        return self.config.learner_strategy == "fsdp2" and self.config.num_learners > 1
+
+    @override(TorchLearner)
+    def _make_module(self):
+        module = super()._make_module()
+        if self._fsdp():  # before the optimizer is built on the (then sharded) parameters
+            sharding.shard_policy(module[DEFAULT_MODULE_ID])
+        return module
+
+    @override(TorchLearner)
+    def _make_modules_ddp_if_necessary(self) -> None:
+        if not self._fsdp():
+            super()._make_modules_ddp_if_necessary()
+
+    def _gather_full_state(self) -> None:
+        policy = self._policy()
+        policy.gathered_state, self._gathered_optimizer_state = sharding.gather_full_state(
+            policy, self.get_optimizer(DEFAULT_MODULE_ID)
+        )
+
+    @override(TorchLearner)
+    def _get_optimizer_state(self):
+        if not self._fsdp():
+            return super()._get_optimizer_state()
+        return {"fsdp2_full_state": self._gathered_optimizer_state}
+
+    @override(TorchLearner)
+    def _set_optimizer_state(self, state) -> None:
+        if not self._fsdp():
+            return super()._set_optimizer_state(state)
+        sharding.load_full_optimizer_state(self._policy(), self.get_optimizer(DEFAULT_MODULE_ID), state["fsdp2_full_state"])
+        self._gather_full_state()
+
+    @override(TorchLearner)
+    def postprocess_gradients_for_module(self, *, module_id, config=None, module_gradients_dict):
+        if not self._fsdp() or config.grad_clip is None:
+            return super().postprocess_gradients_for_module(
+                module_id=module_id, config=config, module_gradients_dict=module_gradients_dict
+            )
+        if config.grad_clip_by != "global_norm":
+            raise ValueError(f"learner_strategy='fsdp2' clips by global norm only, not {config.grad_clip_by!r}.")
+        norm = sharding.clip_grad_norm_(list(module_gradients_dict.values()), config.grad_clip)
+        self.metrics.log_value((module_id, "gradients_maxabs_after_clipping_global_norm"), float(norm), window=1)
+        return dict(module_gradients_dict)
+
+    def _autocast(self):
+        """Forward (and, through autograd, backward) in the compute precision."""
+        mode = self.config.mixed_precision
+        return torch.autocast(self._device.type, dtype=AUTOCAST_DTYPES.get(mode), enabled=mode != "no")
 
     @override(TorchLearner)
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
@@ -100,7 +176,7 @@ class SFPOTorchLearner(TorchLearner):
             training_data = TrainingData(batch=batch)
         training_data.validate()
         training_data.solve_refs()
-        minibatches = self._to_minibatches(training_data.batch.policy_batches[DEFAULT_MODULE_ID])
+        minibatches, layout = self._to_minibatches(training_data.batch.policy_batches[DEFAULT_MODULE_ID])
 
         self.before_gradient_based_update(timesteps=timesteps or {})  # lr schedule: once
         self._weights_seq_no += 1
@@ -117,6 +193,8 @@ class SFPOTorchLearner(TorchLearner):
             self._theta0.reposition(params, alpha)  # Stage II
         self._pass(minibatches)  # Stage III (GRPO's only pass)
         self.after_gradient_based_update(timesteps=timesteps or {})
+        if self._fsdp():
+            self._gather_full_state()
 
         return {
             "learner": self.metrics.reduce(),
@@ -125,37 +203,104 @@ class SFPOTorchLearner(TorchLearner):
                 "num_tokens": num_tokens,
                 "reposition_distance": distance,
                 "optimizer_steps": self._optimizer_steps - steps_before,
+                "micro_batches": sum(len(mb) for mb in minibatches),
+                "real_tokens": layout["real_tokens"],
+                "computed_tokens": layout["computed_tokens"],
+                "padding_efficiency": layout["real_tokens"] / max(1.0, layout["computed_tokens"]),
             },
         }
 
-    def _to_minibatches(self, shard) -> list[dict[str, torch.Tensor]]:
+    def _to_minibatches(self, shard) -> tuple[list[list[dict[str, torch.Tensor]]], dict[str, float]]:
+        """This learner's shard -> its minibatches, each a list of micro-batches."""
         columns = {k: torch.from_numpy(np.asarray(shard[k])).to(self._device) for k in shard.keys()}
         index = columns[MB_INDEX]
-        return [{k: v[index == m] for k, v in columns.items()} for m in torch.unique(index).tolist()]
+        minibatches, layout = [], {"real_tokens": 0.0, "computed_tokens": 0.0}
+        for m in torch.unique(index).tolist():
+            minibatch = {k: v[index == m] for k, v in columns.items()}
+            try:
+                micro_batches, counts = cut_micro_batches(
+                    minibatch,
+                    max_tokens=self.config.max_tokens_per_micro_batch,
+                    max_rows=self.config.micro_batch_size,
+                )
+            except RowTooLongError as err:
+                raise ValueError(f"Minibatch {m}: {err}") from None
+            minibatches.append(micro_batches)
+            for key in layout:
+                layout[key] += counts[key]
+        if self._fsdp():
+            wanted = sharding.max_over_learners([len(mb) for mb in minibatches])
+            for micro_batches, n in zip(minibatches, wanted):
+                while len(micro_batches) < n:  # an empty micro-batch: no tokens, zero loss and gradient
+                    empty = {k: v[:1].clone() for k, v in micro_batches[-1].items()}
+                    empty[COMPLETION_MASK].zero_()
+                    micro_batches.append(empty)
+        return minibatches, layout
 
     @torch.no_grad()
-    def _theta0_pass(self, minibatches: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
+    def _theta0_pass(self, minibatches: list[list[dict[str, torch.Tensor]]]) -> tuple[float, float]:
         policy = self._policy()
         entropy_sum, num_tokens = 0.0, 0.0
-        for mb in minibatches:
-            mask = mb[COMPLETION_MASK]
-            logp, entropy = completion_logp_and_entropy(
-                policy.lm, mb[INPUT_IDS], mb[ATTENTION_MASK], mask.shape[1], policy.temperature
-            )
-            mb[OLD_LOGP] = logp
+        for micro in (micro for mb in minibatches for micro in mb):
+            mask = micro[COMPLETION_MASK]
+            with self._autocast():
+                out = policy(micro)  # through __call__: FSDP2 gathers the root's parameters there
+                logp, entropy = out[LOGP], out[ENTROPY]
+                micro[OLD_LOGP] = logp
+                if self._reference is not None:
+                    micro[REF_LOGP], _ = self._logp_and_entropy(self._reference, micro)
             entropy_sum += float((entropy * mask).sum())
             num_tokens += float(mask.sum())
-            if self._reference is not None:
-                mb[REF_LOGP], _ = completion_logp_and_entropy(
-                    self._reference, mb[INPUT_IDS], mb[ATTENTION_MASK], mask.shape[1], policy.temperature
-                )
+        if self._fsdp():
+            # A forward without backward leaves the root's parameters gathered (FSDP2 reshards
+            # them after the backward): shard them again before θ⁰ is snapshotted from them.
+            policy.reshard()
         return entropy_sum, num_tokens
 
-    def _pass(self, minibatches: list[dict[str, torch.Tensor]]) -> None:
+    def _logp_and_entropy(self, lm, micro):
+        policy = self._policy()
+        mask = micro[COMPLETION_MASK]
+        return completion_logp_and_entropy(
+            lm, micro[INPUT_IDS], micro[ATTENTION_MASK], mask.shape[1], policy.temperature,
+            completion_mask=mask, chunk_tokens=policy.logp_chunk_tokens,
+        )
+
+    def _pass(self, minibatches: list[list[dict[str, torch.Tensor]]]) -> None:
         """One SFPO 'step': ``num_epochs`` epochs over the minibatches, same order each time."""
         for _ in range(self.config.num_epochs):
-            for mb in minibatches:
-                self._update({DEFAULT_MODULE_ID: mb})
+            for micro_batches in minibatches:
+                self._update({DEFAULT_MODULE_ID: micro_batches})
+
+    @override(TorchLearner)
+    def _update(self, batch: dict[str, list[dict[str, torch.Tensor]]], **kwargs):
+        """One optimizer step on one minibatch, given as its micro-batches.
+
+        Replaces RLlib's ``_uncompiled_update`` (forward, ``compute_gradients``,
+        ``postprocess_gradients``, ``apply_gradients``) with gradient accumulation in the
+        middle: zero the gradients once, forward + backward every micro-batch, then clip
+        and step once on the accumulated gradient.
+        """
+        micro_batches = batch[DEFAULT_MODULE_ID]
+        for optim in self._optimizer_parameters:
+            optim.zero_grad(set_to_none=True)
+        module = self.module[DEFAULT_MODULE_ID]
+        sync_each = self._fsdp()  # FSDP2 reduce-scatters every micro-batch: gradients stay sharded
+        scaler = self._grad_scalers[DEFAULT_MODULE_ID] if self._grad_scalers is not None else None
+        for i, micro in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            # DDP all-reduces in the backward of the last micro-batch only.
+            sync = contextlib.nullcontext() if last or sync_each or not hasattr(module, "no_sync") else module.no_sync()
+            with sync:
+                with self._autocast():
+                    fwd_out = {DEFAULT_MODULE_ID: module(micro)}  # DDP / FSDP2 forward hooks run in __call__
+                    loss = self.compute_losses(fwd_out=fwd_out, batch={DEFAULT_MODULE_ID: micro})[DEFAULT_MODULE_ID]
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+        if scaler is not None:
+            for optim in self._optimizer_parameters:
+                scaler.unscale_(optim)  # clip the true gradient, not the scaled one
+        gradients = {pid: p.grad for pid, p in self._params.items()}
+        self.apply_gradients(self.postprocess_gradients(gradients))
+        return None, None, {}
 
     @override(TorchLearner)
     def apply_gradients(self, gradients_dict) -> None:

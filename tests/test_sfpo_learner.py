@@ -33,15 +33,20 @@ def make_records(n=16, seed=0, vocab=40, eos=1):
     ]
 
 
-def learner_for(model_dir, **training):
+SCALING = ("max_tokens_per_micro_batch", "micro_batch_size", "logp_chunk_tokens", "mixed_precision", "learner_strategy")
+
+
+def learner_for(model_dir, model_dtype="float32", **training):
     settings = dict(optimizer="sgd", weight_decay=0.0, lr=LR, grad_clip=None, group_size=4,
                     train_batch_size_per_learner=16, minibatch_size=8, clip_param=0.2)
     settings.update(training)
+    scaling = {k: settings.pop(k) for k in SCALING if k in settings}
     config = (
         SFPOConfig()
         .environment("sfpo/Arithmetic-v0")
         .training(**settings)
-        .generation(model_name_or_path=str(model_dir))
+        .scaling(**scaling)
+        .generation(model_name_or_path=str(model_dir), model_dtype=model_dtype, max_new_tokens=24)
     )
     config.validate()
     return config.build_learner(spaces=SPACES)
