@@ -48,7 +48,10 @@ def apply_lora(model, settings: Mapping[str, Any] | None):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(settings.get("seed", 0)))
         wrapped = get_peft_model(model, lora_config)
-    if getattr(model, "is_gradient_checkpointing", False):
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    if checkpointing is None:  # transformers < 5.x's name
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if checkpointing:
         # With frozen embeddings, checkpointed blocks would see inputs without grad.
         model.enable_input_require_grads()
     return wrapped
@@ -97,22 +100,26 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def save_final(weights: Mapping[str, torch.Tensor], config, model_dir: str, adapter_dir: str) -> None:
-    """The trained policy as ``model_dir`` (merged, plain transformers) and ``adapter_dir`` (PEFT).
-
-    ``weights`` are the module's ``lm`` weights under PEFT names (the learner's state).
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The trained policy as ``model_dir`` (merged, plain transformers) and ``adapter_dir`` (PEFT),
+    each with the tokenizer. ``weights``: the module's ``lm`` weights under PEFT names."""
+    from transformers import AutoTokenizer
 
     source = config.resolved_model_path()
-    base = AutoModelForCausalLM.from_pretrained(source, dtype=weights[next(iter(weights))].dtype)
-    model = apply_lora(base, config.lora_settings())
-    model.load_state_dict(dict(weights), strict=True)
-    model.save_pretrained(adapter_dir)
-    merged = model.merge_and_unload()
-    merged.save_pretrained(model_dir)
+    export(weights, source, config.lora_settings(), model_dir, adapter_dir)
     tokenizer = AutoTokenizer.from_pretrained(source)
     for path in (model_dir, adapter_dir):
         tokenizer.save_pretrained(path)
+
+
+def export(weights: Mapping[str, torch.Tensor], source: str, settings, model_dir: str, adapter_dir: str) -> None:
+    """Rebuild the wrapped model on the base at ``source``, load ``weights``, save adapter and merged model."""
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(source, dtype=weights[next(iter(weights))].dtype)
+    model = apply_lora(base, settings)
+    model.load_state_dict(dict(weights), strict=True)
+    model.save_pretrained(adapter_dir)
+    model.merge_and_unload().save_pretrained(model_dir)
 
 
 def parameter_counts(model) -> dict[str, int]:
