@@ -4,7 +4,9 @@ Output folder layout:
   metrics.jsonl            one JSON object per iteration (see run_logger.py)
   tensorboard/             the same scalars as TensorBoard events
   checkpoints/iteration_N/ RLlib checkpoints (Algorithm.save_to_path), the last few kept
-  final_model/             the trained policy, save_pretrained (model + tokenizer)
+  final_model/             the trained policy, save_pretrained (model + tokenizer); with LoRA,
+                           the adapters merged in
+  final_adapter/           with LoRA only: the adapters alone (PEFT's save_pretrained)
   run_config.json          the settings the run used
   rllib_logs/              RLlib's own result logs
 """
