@@ -250,3 +250,42 @@ def test_lora_kl_anchor_is_the_base_model_and_exports_match_the_policy(random_ll
     torch.testing.assert_close(mb_logp(plain, shard), trained, rtol=0, atol=1e-5)
     adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(random_llama), tmp_path / "adapter")
     torch.testing.assert_close(mb_logp(adapter, shard), trained, rtol=0, atol=1e-6)
+
+
+def test_hf_engine_samples_from_the_adapted_distribution_the_loss_uses(random_llama):
+    """With LoRA, generate's step-wise scores equal the training module's log-probs."""
+    from sfpo_envs import TextSpace
+    from sfpo_rllib.batch import pad_rows
+    from sfpo_rllib.causal_lm_module import LOGP, CausalLMRLModule
+    from sfpo_rllib.engines import SamplingParams
+    from sfpo_rllib.engines.hf import HFGenerateEngine
+
+    lora = {"r": 4, "lora_alpha": 8.0, "target_modules": "all-linear", "lora_dropout": 0.0, "seed": 0}
+    module = CausalLMRLModule(observation_space=TextSpace(), action_space=TextSpace(),
+                              model_config={"model_path": random_llama, "lora": lora})
+    with torch.no_grad():  # trained-looking adapters (B starts at 0, which would prove nothing)
+        for name, p in module.lm.named_parameters():
+            if ".lora_B" in name:
+                p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
+    engine = HFGenerateEngine(module.lm, pad_token_id=0, eos_token_id=1)
+    params = SamplingParams(max_new_tokens=6)
+    prompts = [[5, 6, 7, 8], [9]]
+    completions = engine.generate(prompts, n=3, params=params, seed=0)
+    rows = [{"prompt_ids": prompts[i // 3], "completion_ids": c} for i, c in enumerate(completions)]
+    recomputed = module.forward_train({k: torch.from_numpy(v) for k, v in pad_rows(rows, 0).items()})[LOGP]
+    base = load_causal_lm(random_llama)
+    base_logp = mb_logp(base, pad_rows(rows, 0))
+    assert float((recomputed - base_logp).abs().max()) > 1e-2, "the adapters do not change the distribution"
+    ids = torch.zeros(6, 4, dtype=torch.long)
+    mask = torch.zeros(6, 4, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, 4 - len(r["prompt_ids"]):] = torch.tensor(r["prompt_ids"])
+        mask[i, 4 - len(r["prompt_ids"]):] = 1
+    torch.manual_seed(0)  # the engine's seed: the same samples again, now with their scores
+    out = module.lm.generate(input_ids=ids, attention_mask=mask, generation_config=engine._generation_config(params),
+                             output_scores=True, return_dict_in_generate=True)
+    for step, scores in enumerate(out.scores):
+        log_probs = torch.log_softmax(scores.float(), dim=-1)
+        for i, c in enumerate(completions):
+            if step < len(c):
+                assert log_probs[i, c[step]].item() == pytest.approx(recomputed[i, step].item(), abs=2e-5)

@@ -3,7 +3,7 @@ sampling composed with SFPO (learner counts, resume, export). Sizes are tiny."""
 
 import torch
 from safetensors.torch import load_file
-from test_training_e2e import max_abs_diff, tiny_config, train
+from test_training_e2e import max_abs_diff, policy_weights, tiny_config, train
 
 from sfpo_rllib.run_logger import read_metrics, without_timings
 from sfpo_rllib.train_run import run_training
@@ -13,7 +13,14 @@ LORA = dict(lora_rank=4, lora_alpha=8.0, lr=3e-3)
 
 def test_lora_two_ddp_learners_match_a_local_learner(ray_session):
     # One local runner on both sides (the same rollouts), to keep the test short.
-    local, rows = train(tiny_config(learners=0, runners=0, **LORA), iterations=2)
+    algo = tiny_config(learners=0, runners=0, **LORA).build_algo()
+    try:
+        rows = [algo.train()["sfpo"] for _ in range(2)]
+        local = policy_weights(algo)
+        runner = algo.env_runner.module.get_state()  # what the hf engine samples from
+        assert all(torch.equal(runner[k], local[k]) for k in local)
+    finally:
+        algo.stop()
     ddp, _ = train(tiny_config(learners=2, runners=0, **LORA), iterations=2)
     assert rows[0]["reposition_distance"] > 0
     adapters = [k for k in local if ".lora_" in k]
