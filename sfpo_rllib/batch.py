@@ -25,6 +25,7 @@ ADVANTAGES = "advantages"  # (B,) float32
 MB_INDEX = "mb_index"  # (B,) int64: the global minibatch this row belongs to
 MB_NUM_TOKENS = "mb_num_tokens"  # (B,) float32: completion tokens in that whole minibatch
 MB_NUM_SEQS = "mb_num_seqs"  # (B,) float32: completions in that whole minibatch
+ROLLOUT_LOGP = "rollout_logp"  # (B, C) float32: the rollout engine's log-prob of each sampled token
 
 
 def pad_rows(records: Sequence[dict], pad_token_id: int) -> dict[str, np.ndarray]:
@@ -53,8 +54,15 @@ def build_learner_batches(
     num_learners: int,
     minibatch_size_per_learner: int,
     pad_token_id: int,
+    advantage_estimator: str = "grpo",
+    advantage_std_norm: bool = True,
+    mask_truncated: bool = False,
 ) -> tuple[list[MultiAgentBatch], dict[str, Any]]:
-    """Records (groups of ``group_size`` consecutive completions) -> one batch per learner."""
+    """Records (groups of ``group_size`` consecutive completions) -> one batch per learner.
+
+    ``mask_truncated`` zeroes the completion mask of completions that did not stop
+    (record ``stopped`` False): they leave the loss, its token counts and the entropy.
+    """
     n = len(records)
     world = max(1, num_learners)
     global_mb = minibatch_size_per_learner * world
@@ -67,11 +75,18 @@ def build_learner_batches(
         )
     rewards = np.array([r["reward"] for r in records], dtype=np.float64)
     columns = pad_rows(records, pad_token_id)
-    columns[ADVANTAGES] = group_advantages(rewards, group_size)
+    columns[ADVANTAGES] = group_advantages(
+        rewards, group_size, estimator=advantage_estimator, std_norm=advantage_std_norm
+    )
+    lengths = columns[COMPLETION_MASK].sum(axis=1)
+    if mask_truncated:
+        stopped = np.array([r.get("stopped", True) for r in records], dtype=np.float32)
+        columns[COMPLETION_MASK] *= stopped[:, None]
     tokens_per_row = columns[COMPLETION_MASK].sum(axis=1)
 
     mb_index = np.repeat(np.arange(n // global_mb), global_mb)
-    mb_tokens = np.repeat(tokens_per_row.reshape(-1, global_mb).sum(axis=1), global_mb)
+    # At least 1: a minibatch whose completions are all masked has loss 0, not 0/0.
+    mb_tokens = np.repeat(np.maximum(tokens_per_row.reshape(-1, global_mb).sum(axis=1), 1.0), global_mb)
     columns[MB_INDEX] = mb_index.astype(np.int64)
     columns[MB_NUM_TOKENS] = mb_tokens.astype(np.float32)
     columns[MB_NUM_SEQS] = np.full(n, global_mb, dtype=np.float32)
@@ -86,8 +101,8 @@ def build_learner_batches(
         shard = SampleBatch({k: v[rows] for k, v in columns.items()})
         batches.append(MultiAgentBatch({DEFAULT_MODULE_ID: shard}, env_steps=len(rows)))
     stats = {
-        "completion_tokens": float(tokens_per_row.sum()),
-        "completion_length_mean": float(tokens_per_row.mean()),
+        "completion_tokens": float(lengths.sum()),
+        "completion_length_mean": float(lengths.mean()),
         "groups_all_equal_reward": int(
             (rewards.reshape(-1, group_size).std(axis=1) == 0).sum()
         ),

@@ -22,6 +22,8 @@ import torch
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.annotations import override
 
+from sfpo_rllib.lora import apply_lora, merged_state_dict
+
 # Batch columns shared by the batch builder, the module and the learner.
 INPUT_IDS = "input_ids"  # (B, P + C) int64
 ATTENTION_MASK = "attention_mask"  # (B, P + C) int64, 0 on padding
@@ -262,6 +264,7 @@ class CausalLMRLModule(TorchRLModule):
     dtype ("float32" | "bfloat16" | "float16"): parameter dtype (default float32).
     temperature (float): the sampling temperature; log-probs are of logits / temperature.
     gradient_checkpointing (bool): trade compute for activation memory on big models.
+    lora (dict | None): LoRA adapter settings (``SFPOConfig.lora_settings``); None = full model.
     attn_implementation (str | None): e.g. "sdpa", "flash_attention_2".
     logp_chunk_tokens (int | None): tokens per chunk of the (tokens, vocab) logits
         (default 512); None computes them all at once (memory grows with the batch).
@@ -273,6 +276,7 @@ class CausalLMRLModule(TorchRLModule):
         self.lm = load_causal_lm(cfg["model_path"], cfg.get("dtype", "float32"), cfg.get("attn_implementation"))
         if cfg.get("gradient_checkpointing"):
             self.lm.gradient_checkpointing_enable()
+        self.lm = apply_lora(self.lm, cfg.get("lora"))  # unchanged when LoRA is off
         self.temperature = float(cfg.get("temperature", 1.0))
         self.logp_chunk_tokens = cfg.get("logp_chunk_tokens", DEFAULT_LOGP_CHUNK_TOKENS)
         if self.logp_chunk_tokens:
@@ -320,5 +324,5 @@ class CausalLMRLModule(TorchRLModule):
         self.load_state_dict(tensors, strict=True)
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        """Parameters under Hugging Face names (without this module's ``lm.`` prefix)."""
-        return self.lm.state_dict()
+        """Parameters under Hugging Face names (without ``lm.``), LoRA adapters merged in."""
+        return merged_state_dict(self.lm)

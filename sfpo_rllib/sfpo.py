@@ -25,6 +25,7 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import LEARNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from sfpo_rllib.batch import build_learner_batches
+from sfpo_rllib.dynamic_sampling import collect_batch, extra_round_prompts
 from sfpo_rllib.entropy_trigger import EntropyTrigger
 from sfpo_rllib.sfpo_config import SFPOConfig
 
@@ -107,13 +108,27 @@ class SFPO(Algorithm):
         fast_steps = c.fast_steps if alpha > 0.0 else 0
 
         t0 = time.perf_counter()
-        chunks = np.array_split(self._prompt_indices(s), self._num_runners())
         run_seed = self.run_seed  # closures shipped to runners must not capture `self`
-        samples = self._on_runners(
-            lambda runner, idx: runner.sample(indices=idx.tolist(), seed=_seed(run_seed, 2, s, runner.worker_index)),
-            chunks,
-        )
-        records = [r for sample in samples for r in sample["records"]]
+        num_prompts = c.total_train_batch_size // c.group_size
+        time_verify = []  # per round: the slowest runner's verification time
+
+        def sample_round(round_: int) -> list[dict]:
+            """Round 0: the iteration's prompts; extra rounds (dynamic sampling): a keyed stream."""
+            if round_ == 0:
+                indices, seed_parts = self._prompt_indices(s), (2, s)
+            else:
+                indices = extra_round_prompts(run_seed, s, round_, num_prompts=num_prompts, train_size=self.train_size)
+                seed_parts = (5, s, round_)
+            out = self._on_runners(
+                lambda runner, idx: runner.sample(
+                    indices=idx.tolist(), seed=_seed(run_seed, *seed_parts, runner.worker_index)
+                ),
+                np.array_split(indices, self._num_runners()),
+            )
+            time_verify.append(max(sample["time_verify_s"] for sample in out))
+            return [r for sample in out for r in sample["records"]]
+
+        records, sampled, sampling_stats = collect_batch(sample_round, c, num_groups=num_prompts)
         time_sample = time.perf_counter() - t0
 
         t1 = time.perf_counter()
@@ -123,9 +138,12 @@ class SFPO(Algorithm):
             num_learners=c.num_learners,
             minibatch_size_per_learner=c.minibatch_size,
             pad_token_id=self.pad_token_id,
+            advantage_estimator=c.advantage_estimator,
+            advantage_std_norm=c.advantage_std_norm,
+            mask_truncated=c.mask_truncated,
         )
         update_kwargs = dict(
-            timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: self.rollouts + len(records)},
+            timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: self.rollouts + len(sampled)},
             alpha=alpha,
             fast_steps=fast_steps,
         )
@@ -141,14 +159,15 @@ class SFPO(Algorithm):
         z = self.trigger.observe(s, entropy)
         self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
         self.sfpo_iteration = s
-        self.rollouts += len(records)
+        self.rollouts += len(sampled)
 
-        rewards = np.array([r["reward"] for r in records])
+        # Reward and accuracy of everything sampled (the policy's), not only what was kept.
+        rewards = np.array([r["verifier_reward"] for r in sampled])
         logged.update(
             {
                 "rollouts": self.rollouts,
                 "reward_mean": float(rewards.mean()),
-                "train_accuracy": float(np.mean([r["correct"] for r in records])),
+                "train_accuracy": float(np.mean([r["correct"] for r in sampled])),
                 "alpha": alpha,
                 "fast_steps": fast_steps,
                 "entropy": entropy,
@@ -157,14 +176,17 @@ class SFPO(Algorithm):
                 "reposition_distance": stats[0]["reposition_distance"],
                 "optimizer_steps": stats[0]["optimizer_steps"],
                 "padding_efficiency": sum(x["real_tokens"] for x in stats) / max(1.0, sum(x["computed_tokens"] for x in stats)),
-                "truncated_fraction": float(np.mean([not r["stopped"] for r in records])),
-                "verifier_timeouts": int(sum(r["timed_out"] for r in records)),
+                "truncated_fraction": float(np.mean([not r["stopped"] for r in sampled])),
+                "verifier_timeouts": int(sum(r["timed_out"] for r in sampled)),
                 "time_generate_s": time_sample,
-                "time_verify_s": max(sample["time_verify_s"] for sample in samples),
+                "time_verify_s": sum(time_verify),
                 "time_update_s": time_update,
                 **batch_stats,
+                **sampling_stats,
             }
         )
+        if c.overlong_buffer is not None:
+            logged["overlong_penalty_mean"] = float(np.mean([r["reward"] - r["verifier_reward"] for r in sampled]))
         if c.test_interval and (s % c.test_interval == 0 or self.test_due):
             logged.update(self.run_test(iteration=s))
         self.test_due = False

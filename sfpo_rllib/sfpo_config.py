@@ -22,7 +22,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.annotations import override
 
 from sfpo_rllib.entropy_trigger import TRIGGER_RULES
-from sfpo_rllib.losses import LOSS_AGGREGATIONS
+from sfpo_rllib.losses import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS
 
 OPTIMIZER_NAMES = ("adamw", "adam", "sgd")
 ROLLOUT_ENGINE_NAMES = ("hf", "vllm")
@@ -69,6 +69,25 @@ class SFPOConfig(AlgorithmConfig):
         self.kl_coeff = 0.0
         self.entropy_coeff = 0.0
         self.loss_agg = "token-mean"
+        self.loss_agg_norm = None  # the constant of "seq-mean-token-sum-norm" (None = max_new_tokens)
+        self.advantage_estimator = "grpo"
+        self.advantage_std_norm = True
+        self.clip_param_low = None  # None = clip_param
+        self.clip_param_high = None  # None = clip_param
+        self.clip_ratio_c = None  # dual clip off
+        self.kl_estimator = "k3"
+        self.tis_cap = None  # truncated importance sampling off
+        # --- dynamic sampling and overlong handling (training()) ---
+        self.filter_groups = False
+        self.max_sampling_rounds = 4
+        self.mask_truncated = False
+        self.overlong_buffer = None  # soft overlong penalty off
+        self.overlong_penalty = 1.0
+        # --- LoRA (training()) ---
+        self.lora_rank = 0  # 0 = full fine-tuning
+        self.lora_alpha = 16.0
+        self.lora_target_modules: str | list[str] = "all-linear"
+        self.lora_dropout = 0.0
         self.optimizer = "adamw"
         self.weight_decay = 0.01
         self.adam_betas = (0.9, 0.999)
@@ -113,6 +132,23 @@ class SFPOConfig(AlgorithmConfig):
         kl_coeff=NotProvided,
         entropy_coeff=NotProvided,
         loss_agg=NotProvided,
+        loss_agg_norm=NotProvided,
+        advantage_estimator=NotProvided,
+        advantage_std_norm=NotProvided,
+        clip_param_low=NotProvided,
+        clip_param_high=NotProvided,
+        clip_ratio_c=NotProvided,
+        kl_estimator=NotProvided,
+        tis_cap=NotProvided,
+        filter_groups=NotProvided,
+        max_sampling_rounds=NotProvided,
+        mask_truncated=NotProvided,
+        overlong_buffer=NotProvided,
+        overlong_penalty=NotProvided,
+        lora_rank=NotProvided,
+        lora_alpha=NotProvided,
+        lora_target_modules=NotProvided,
+        lora_dropout=NotProvided,
         optimizer=NotProvided,
         weight_decay=NotProvided,
         adam_betas=NotProvided,
@@ -129,10 +165,43 @@ class SFPOConfig(AlgorithmConfig):
                 the authors' code).
             group_size: G completions per prompt (>= 2: advantages are relative to the group).
             clip_param: PPO/GRPO ratio clip ε.
-            kl_coeff: weight of the k3 KL penalty to the starting model (0 = none, as the
-                paper; > 0 keeps a frozen copy of the model on each learner).
+            kl_coeff: weight of the KL penalty to the starting model (0 = none, as the
+                paper; > 0 keeps a frozen copy of the model on each learner, or, with
+                LoRA, uses the base model with the adapters disabled).
             entropy_coeff: weight of an entropy bonus (0 = none).
-            loss_agg: "token-mean" (verl default) or "seq-mean-token-mean" (original GRPO).
+            loss_agg: "token-mean" (DAPO, verl default), "seq-mean-token-mean" (original
+                GRPO), "seq-mean-token-sum-norm" (Dr.GRPO), "seq-mean-token-sum" (verl) or
+                "token-sum" (unnormalised sum over the minibatch's tokens).
+            loss_agg_norm: the constant that "seq-mean-token-sum-norm" divides each
+                sequence's token sum by (None = `max_new_tokens`, as Dr.GRPO).
+            advantage_estimator: "grpo" (r − group mean) or "rloo" (r − mean of the other
+                G−1 rewards).
+            advantage_std_norm: divide advantages by the group's reward std (GRPO); False
+                is Dr.GRPO.
+            clip_param_low, clip_param_high: the ratio is clipped to [1 − low, 1 + high]
+                (DAPO's clip-higher uses 0.2 / 0.28); None = `clip_param`.
+            clip_ratio_c: dual clip for negative advantages, > 1 (verl uses 3.0); None = off.
+            kl_estimator: "k1", "k2" or "k3" (Schulman's estimators; k3 is GRPO's).
+            tis_cap: truncated importance sampling: each token's policy loss is weighted by
+                min(π_θ⁰ / π_rollout, tis_cap), from the rollout engine's log-probs
+                (verl, TRL; 2.0 is common); None = off.
+            filter_groups: DAPO's dynamic sampling: drop groups whose rewards are all
+                equal and sample more prompts until the batch is full.
+            max_sampling_rounds: extra generation rounds allowed per iteration with
+                `filter_groups`; if the batch is still not full, it is filled by repeating
+                the informative groups found (metric `groups_repeated`).
+            mask_truncated: leave completions cut at `max_new_tokens` out of the loss
+                (DAPO's overlong filtering).
+            overlong_buffer: DAPO's soft overlong penalty: a completion longer than
+                `max_new_tokens` − buffer loses up to `overlong_penalty` reward, linearly;
+                None = off.
+            overlong_penalty: the largest overlong penalty (DAPO uses 1.0).
+            lora_rank: LoRA rank r through PEFT; 0 = full fine-tuning. Only the adapters
+                are trained, snapshotted and repositioned.
+            lora_alpha: LoRA scaling α (the update is α / r · B A).
+            lora_target_modules: "all-linear" or a list of module names (e.g.
+                ["q_proj", "v_proj"]).
+            lora_dropout: dropout on the adapters' input (0 keeps the ratio at exactly 1 at θ⁰).
             optimizer: "adamw" (paper), "adam" or "sgd".
             weight_decay: optimizer weight decay.
             adam_betas: (β1, β2) for Adam/AdamW.
@@ -256,8 +325,26 @@ class SFPOConfig(AlgorithmConfig):
                 "temperature": self.temperature,
                 "gradient_checkpointing": self.gradient_checkpointing,
                 "logp_chunk_tokens": self.logp_chunk_tokens,
+                "lora": self.lora_settings(),
             },
         )
+
+    def lora_settings(self) -> dict[str, Any] | None:
+        """The LoRA adapter settings the module applies (None = full fine-tuning)."""
+        if not self.lora_rank:
+            return None
+        targets = self.lora_target_modules
+        return {
+            "r": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
+            "target_modules": targets if isinstance(targets, str) else list(targets),
+            "lora_dropout": self.lora_dropout,
+            "seed": self.seed if self.seed is not None else 0,
+        }
+
+    def resolved_loss_agg_norm(self) -> float:
+        """The constant of "seq-mean-token-sum-norm": `loss_agg_norm`, else `max_new_tokens`."""
+        return float(self.loss_agg_norm if self.loss_agg_norm is not None else self.max_new_tokens)
 
     @override(AlgorithmConfig)
     def get_default_learner_class(self):
@@ -293,8 +380,9 @@ class SFPOConfig(AlgorithmConfig):
                     "must be > 0", "The paper uses 1.0; use math.inf to never switch off.")
         self._check(self.entropy_trigger in TRIGGER_RULES, "entropy_trigger",
                     f"must be one of {TRIGGER_RULES}", "'abs' is the paper's rule, 'rise' the authors' code.")
-        self._check(self.loss_agg in LOSS_AGGREGATIONS, "loss_agg", f"must be one of {LOSS_AGGREGATIONS}",
-                    "'token-mean' is verl's default.")
+        self._validate_loss_variants()
+        self._validate_dynamic_sampling()
+        self._validate_lora()
         self._check(self.optimizer in OPTIMIZER_NAMES, "optimizer", f"must be one of {OPTIMIZER_NAMES}",
                     "The paper uses 'adamw'.")
         self._check(_is_num(self.clip_param) and self.clip_param > 0, "clip_param", "must be > 0", "The paper uses 0.2.")
@@ -305,6 +393,60 @@ class SFPOConfig(AlgorithmConfig):
                     "One epoch per pass is the paper's setting.")
         if isinstance(self.lr, (int, float)):
             self._check(self.lr > 0, "lr", "must be > 0", "The paper uses 1e-6 for 1.5B-7B models.")
+
+    def _validate_loss_variants(self) -> None:
+        self._check(self.loss_agg in LOSS_AGGREGATIONS, "loss_agg", f"must be one of {LOSS_AGGREGATIONS}",
+                    "'token-mean' is verl's default.")
+        self._check(self.loss_agg_norm is None or (_is_num(self.loss_agg_norm) and self.loss_agg_norm > 0),
+                    "loss_agg_norm", "must be None or > 0", "Use None for `max_new_tokens`, as Dr.GRPO.")
+        self._check(self.advantage_estimator in ADVANTAGE_ESTIMATORS, "advantage_estimator",
+                    f"must be one of {tuple(ADVANTAGE_ESTIMATORS)}", "'grpo' is GRPO's.")
+        self._check(isinstance(self.advantage_std_norm, bool), "advantage_std_norm", "must be True or False",
+                    "True is GRPO, False is Dr.GRPO.")
+        self._check(self.clip_param_low is None or (_is_num(self.clip_param_low) and 0 < self.clip_param_low < 1),
+                    "clip_param_low", "must be None or in (0, 1) (the ratio's lower bound 1 - low must be > 0)",
+                    "Use None for `clip_param`; DAPO uses 0.2.")
+        self._check(self.clip_param_high is None or (_is_num(self.clip_param_high) and self.clip_param_high > 0),
+                    "clip_param_high", "must be None or > 0", "Use None for `clip_param`; DAPO uses 0.28.")
+        self._check(self.clip_ratio_c is None or (_is_num(self.clip_ratio_c) and self.clip_ratio_c > 1),
+                    "clip_ratio_c", "must be None (off) or > 1", "verl uses 3.0.")
+        self._check(self.kl_estimator in KL_ESTIMATORS, "kl_estimator", f"must be one of {tuple(KL_ESTIMATORS)}",
+                    "'k3' is GRPO's.")
+        self._check(self.tis_cap is None or (_is_num(self.tis_cap) and self.tis_cap > 0), "tis_cap",
+                    "must be None (off) or > 0", "2.0 is common (verl, TRL).")
+
+    def _validate_dynamic_sampling(self) -> None:
+        self._check(isinstance(self.filter_groups, bool), "filter_groups", "must be True or False",
+                    "True is DAPO's dynamic sampling.")
+        self._check(_is_int(self.max_sampling_rounds) and self.max_sampling_rounds >= 0, "max_sampling_rounds",
+                    "must be an int >= 0 (extra generation rounds per iteration)", "Use 4.")
+        self._check(isinstance(self.mask_truncated, bool), "mask_truncated", "must be True or False",
+                    "True leaves truncated completions out of the loss.")
+        self._check(self.overlong_buffer is None or (_is_int(self.overlong_buffer) and 1 <= self.overlong_buffer
+                    and (not _is_int(self.max_new_tokens) or self.overlong_buffer < self.max_new_tokens)),
+                    "overlong_buffer", f"must be None (off) or an int in [1, `max_new_tokens`) "
+                    f"(`max_new_tokens` is {self.max_new_tokens!r})", "DAPO uses a quarter of `max_new_tokens`.")
+        self._check(_is_num(self.overlong_penalty) and self.overlong_penalty >= 0, "overlong_penalty",
+                    "must be >= 0", "DAPO uses 1.0.")
+
+    def _validate_lora(self) -> None:
+        self._check(_is_int(self.lora_rank) and self.lora_rank >= 0, "lora_rank", "must be an int >= 0",
+                    "0 is full fine-tuning; 8-64 are common LoRA ranks.")
+        if not self.lora_rank:
+            return
+        self._check(_is_num(self.lora_alpha) and self.lora_alpha > 0, "lora_alpha", "must be > 0",
+                    "16 or 2 x `lora_rank` are common.")
+        targets = self.lora_target_modules
+        self._check(isinstance(targets, str) and targets or (isinstance(targets, (list, tuple)) and targets
+                    and all(isinstance(t, str) and t for t in targets)), "lora_target_modules",
+                    "must be 'all-linear' or a non-empty list of module names", "Use 'all-linear'.")
+        self._check(_is_num(self.lora_dropout) and 0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)",
+                    "Use 0.0.")
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            self._value_error(f"`lora_rank` ({self.lora_rank}) needs PEFT, which is not installed. "
+                              "Run pip install 'sfpo-rllib[lora]' (or pip install peft).")
 
     def _validate_batches(self) -> None:
         g, batch = self.group_size, self.train_batch_size_per_learner

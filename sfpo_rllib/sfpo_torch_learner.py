@@ -45,7 +45,15 @@ from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.learner.training_data import TrainingData
 from ray.rllib.utils.annotations import override
 
-from sfpo_rllib.batch import ADVANTAGES, MB_INDEX, MB_NUM_SEQS, MB_NUM_TOKENS, RowTooLongError, cut_micro_batches
+from sfpo_rllib.batch import (
+    ADVANTAGES,
+    MB_INDEX,
+    MB_NUM_SEQS,
+    MB_NUM_TOKENS,
+    ROLLOUT_LOGP,
+    RowTooLongError,
+    cut_micro_batches,
+)
 from sfpo_rllib.causal_lm_module import (
     ATTENTION_MASK,
     COMPLETION_MASK,
@@ -55,8 +63,9 @@ from sfpo_rllib.causal_lm_module import (
     completion_logp_and_entropy,
     load_causal_lm,
 )
-from sfpo_rllib.losses import aggregate, clipped_surrogate, kl_penalty
 from sfpo_rllib import sharding
+from sfpo_rllib.lora import AdaptersDisabled, is_lora
+from sfpo_rllib.losses import aggregate, clipped_surrogate, kl_penalty, truncated_is_weights
 from sfpo_rllib.slow_fast import ParameterSnapshot
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -79,7 +88,11 @@ class SFPOTorchLearner(TorchLearner):
         self._optimizer_steps = 0  # lifetime count of optimizer steps on this learner
         self._policy().entropy_grad = self.config.entropy_coeff != 0.0
         self._reference = None
-        if self.config.kl_coeff > 0.0:
+        if self.config.kl_coeff > 0.0 and is_lora(self._policy().lm):
+            # The KL anchor is the base model: the policy's own weights with the adapters
+            # switched off (no second copy).
+            self._reference = AdaptersDisabled(self._policy().lm)
+        elif self.config.kl_coeff > 0.0:
             # A frozen copy of the starting model: the KL anchor (costs one model of memory).
             self._reference = load_causal_lm(self.config.resolved_model_path(), self.config.model_dtype)
             self._reference.to(self._device).eval().requires_grad_(False)
@@ -144,7 +157,9 @@ class SFPOTorchLearner(TorchLearner):
 
     @override(TorchLearner)
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
-        params = self.get_parameters(self._module[module_id])
+        # Only trainable parameters (with LoRA, the adapters): the base stays frozen and
+        # the optimizer holds no state for it. Without LoRA this is every parameter.
+        params = [p for p in self.get_parameters(self._module[module_id]) if p.requires_grad]
         self.register_optimizer(
             module_id=module_id,
             optimizer=OPTIMIZERS[config.optimizer](params, config),
@@ -311,13 +326,31 @@ class SFPOTorchLearner(TorchLearner):
     @override(TorchLearner)
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         mask = batch[COMPLETION_MASK]
-        norms = {"num_tokens": batch[MB_NUM_TOKENS][0], "num_seqs": batch[MB_NUM_SEQS][0]}
+        norms = {
+            "num_tokens": batch[MB_NUM_TOKENS][0],
+            "num_seqs": batch[MB_NUM_SEQS][0],
+            "norm": config.resolved_loss_agg_norm(),
+        }
+        tis_weights = None
+        if config.tis_cap is not None:
+            rollout_logp = batch.get(ROLLOUT_LOGP)
+            if rollout_logp is None:
+                raise ValueError(
+                    f"`tis_cap` ({config.tis_cap!r}) needs the rollout engine's log-probs (batch column "
+                    f"{ROLLOUT_LOGP!r}), and this batch has none. Set tis_cap=None, or use a rollout engine "
+                    "that returns log-probs."
+                )
+            tis_weights = truncated_is_weights(batch[OLD_LOGP], rollout_logp, config.tis_cap)
         policy_loss, stats = clipped_surrogate(
             fwd_out[LOGP],
             batch[OLD_LOGP],
             batch[ADVANTAGES],
             mask,
             clip_param=config.clip_param,
+            clip_param_low=config.clip_param_low,
+            clip_param_high=config.clip_param_high,
+            clip_ratio_c=config.clip_ratio_c,
+            tis_weights=tis_weights,
             mode=config.loss_agg,
             **norms,
         )
@@ -326,7 +359,8 @@ class SFPOTorchLearner(TorchLearner):
             entropy = aggregate(fwd_out[ENTROPY], mask, mode=config.loss_agg, **norms)
             total = total - config.entropy_coeff * entropy
         if config.kl_coeff > 0.0:
-            kl = aggregate(kl_penalty(fwd_out[LOGP], batch[REF_LOGP]), mask, mode=config.loss_agg, **norms)
+            per_token_kl = kl_penalty(fwd_out[LOGP], batch[REF_LOGP], config.kl_estimator)
+            kl = aggregate(per_token_kl, mask, mode=config.loss_agg, **norms)
             total = total + config.kl_coeff * kl
             stats["kl"] = kl.detach()
         stats["policy_loss"] = policy_loss.detach()

@@ -4,7 +4,9 @@ Output folder layout:
   metrics.jsonl            one JSON object per iteration (see run_logger.py)
   tensorboard/             the same scalars as TensorBoard events
   checkpoints/iteration_N/ RLlib checkpoints (Algorithm.save_to_path), the last few kept
-  final_model/             the trained policy, save_pretrained (model + tokenizer)
+  final_model/             the trained policy, save_pretrained (model + tokenizer); with LoRA,
+                           the adapters merged in
+  final_adapter/           with LoRA only: the adapters alone (PEFT's save_pretrained)
   run_config.json          the settings the run used
   rllib_logs/              RLlib's own result logs
 """
@@ -54,6 +56,10 @@ def save_final_model(algo, path: str) -> None:
     state = algo.learner_group.get_state(components=component)[COMPONENT_LEARNER][COMPONENT_RL_MODULE]
     state = state[DEFAULT_MODULE_ID]
     weights = {k[len("lm.") :]: v for k, v in state.items() if k.startswith("lm.")}
+    if algo.config.lora_rank:  # merged model here, the adapter beside it in final_adapter/
+        from sfpo_rllib.lora import save_final
+
+        return save_final(weights, algo.config, path, os.path.join(os.path.dirname(path), "final_adapter"))
     source = algo.config.resolved_model_path()
     model = AutoModelForCausalLM.from_pretrained(source, dtype=weights[next(iter(weights))].dtype)
     model.load_state_dict(weights, strict=True)

@@ -1,0 +1,129 @@
+"""LoRA adapters through PEFT: what is trained, the KL anchor, and the merged export.
+
+With ``lora_rank > 0`` the policy's causal LM is wrapped by ``peft.get_peft_model``: the
+base weights are frozen and only the adapters (A, B of each targeted linear layer) have
+``requires_grad``. Everything SFPO does to "the parameters" then covers the adapters
+alone: the optimizer, the θ⁰ snapshot and the reposition θ̃ = θ⁰ + α(θᴷ − θ⁰).
+
+The learners and the env runners build the same wrapped module from the same settings,
+so a weight sync moves the adapters as they are and the ``hf`` engine samples from
+exactly the network the loss differentiates. Engines that hold their own copy of the
+weights (vLLM) get the merged weights W + (α/r)·B·A under Hugging Face names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+
+def is_lora(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def apply_lora(model, settings: Mapping[str, Any] | None):
+    """Wrap ``model`` with fresh LoRA adapters (``settings`` from ``SFPOConfig.lora_settings``).
+
+    The adapters' random init (A; B starts at 0, so the wrapped model equals the base)
+    is drawn from a generator seeded by the run seed, so every learner and runner builds
+    identical adapters without touching the global RNG.
+    """
+    if not settings:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora_config = LoraConfig(
+        r=settings["r"],
+        lora_alpha=settings["lora_alpha"],
+        target_modules=settings["target_modules"],
+        lora_dropout=settings["lora_dropout"],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(settings.get("seed", 0)))
+        wrapped = get_peft_model(model, lora_config)
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    if checkpointing is None:  # transformers < 5.x's name
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if checkpointing:
+        # With frozen embeddings, checkpointed blocks would see inputs without grad.
+        model.enable_input_require_grads()
+    return wrapped
+
+
+class AdaptersDisabled:
+    """Calls a PEFT model with its adapters switched off: the base model, as the KL anchor.
+
+    Shares every weight with the policy (no second copy). Use under ``torch.no_grad()``.
+    """
+
+    def __init__(self, peft_model):
+        self.peft_model = peft_model
+
+    def __call__(self, **kwargs):
+        with self.peft_model.disable_adapter():
+            return self.peft_model(**kwargs)
+
+
+def merged_state_dict(model) -> dict[str, torch.Tensor]:
+    """Hugging Face-named weights with the adapters merged in: W + (α/r)·B·A.
+
+    Computed without touching ``model`` (``merge_and_unload`` would change it in place).
+    For a model without adapters this is its plain state dict.
+    """
+    if not is_lora(model):
+        return model.state_dict()
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    deltas = {}
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer) and not module.merged:
+                for adapter in module.active_adapters:
+                    delta = module.get_delta_weight(adapter)
+                    key = f"{name}.weight"
+                    deltas[key] = deltas[key] + delta if key in deltas else delta
+        out = {}
+        for key, value in base.state_dict().items():
+            if ".lora_" in key:
+                continue
+            key = key.replace(".base_layer.", ".")
+            out[key] = (value + deltas[key].to(value.dtype)) if key in deltas else value
+    return out
+
+
+def save_final(weights: Mapping[str, torch.Tensor], config, model_dir: str, adapter_dir: str) -> None:
+    """The trained policy as ``model_dir`` (merged, plain transformers) and ``adapter_dir`` (PEFT),
+    each with the tokenizer. ``weights``: the module's ``lm`` weights under PEFT names."""
+    from transformers import AutoTokenizer
+
+    source = config.resolved_model_path()
+    export(weights, source, config.lora_settings(), model_dir, adapter_dir)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    for path in (model_dir, adapter_dir):
+        tokenizer.save_pretrained(path)
+
+
+def export(weights: Mapping[str, torch.Tensor], source: str, settings, model_dir: str, adapter_dir: str) -> None:
+    """Rebuild the wrapped model on the base at ``source``, load ``weights``, save adapter and merged model."""
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(source, dtype=weights[next(iter(weights))].dtype)
+    model = apply_lora(base, settings)
+    model.load_state_dict(dict(weights), strict=True)
+    model.save_pretrained(adapter_dir)
+    model.merge_and_unload().save_pretrained(model_dir)
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Trainable and total parameter counts (the θ⁰ snapshot holds the trainable ones)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total}
