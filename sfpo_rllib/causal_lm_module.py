@@ -22,7 +22,7 @@ import torch
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.annotations import override
 
-from sfpo_rllib.lora import apply_lora, merged_state_dict
+from sfpo_rllib.lora import apply_lora, is_lora, merged_state_dict
 
 # Batch columns shared by the batch builder, the module and the learner.
 INPUT_IDS = "input_ids"  # (B, P + C) int64
@@ -217,6 +217,10 @@ def completion_logp_and_entropy(
     a time; ``chunk_tokens=None`` is the plain full-vocabulary computation.
     """
     position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    if is_lora(lm):
+        # PEFT injects its LoRA layers into the model it wraps, and the wrapper only calls it:
+        # the wrapped model has the body and output layer that the chunked path needs.
+        lm = lm.get_base_model()
     head = LogitHead.of(lm) if chunk_tokens else None
     entropy_grad = entropy_grad and torch.is_grad_enabled()
     if head is None:
@@ -276,11 +280,11 @@ class CausalLMRLModule(TorchRLModule):
         self.lm = load_causal_lm(cfg["model_path"], cfg.get("dtype", "float32"), cfg.get("attn_implementation"))
         if cfg.get("gradient_checkpointing"):
             self.lm.gradient_checkpointing_enable()
-        self.lm = apply_lora(self.lm, cfg.get("lora"))  # unchanged when LoRA is off
-        self.temperature = float(cfg.get("temperature", 1.0))
         self.logp_chunk_tokens = cfg.get("logp_chunk_tokens", DEFAULT_LOGP_CHUNK_TOKENS)
         if self.logp_chunk_tokens:
-            LogitHead.of(self.lm)  # check the chunked replay once, before any sharding
+            LogitHead.of(self.lm)  # check the chunked replay once, before adapters or sharding
+        self.lm = apply_lora(self.lm, cfg.get("lora"))  # unchanged when LoRA is off
+        self.temperature = float(cfg.get("temperature", 1.0))
         # Set by the learner when entropy_coeff != 0 (entropy then enters the loss).
         self.entropy_grad = False
         # Sharded (FSDP2) learners: the full state, gathered by the learner (sharding.py).

@@ -13,6 +13,7 @@ weights (vLLM) get the merged weights W + (α/r)·B·A under Hugging Face names.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Mapping
 
 import torch
@@ -58,17 +59,19 @@ def apply_lora(model, settings: Mapping[str, Any] | None):
 
 
 class AdaptersDisabled:
-    """Calls a PEFT model with its adapters switched off: the base model, as the KL anchor.
+    """A PEFT model as its base model, with the adapters switched off: the KL anchor.
 
-    Shares every weight with the policy (no second copy). Use under ``torch.no_grad()``.
+    Shares every weight with the policy (no second copy). ``with anchor.base() as lm:``
+    yields the model to run (under ``torch.no_grad()``) while the adapters are off.
     """
 
     def __init__(self, peft_model):
         self.peft_model = peft_model
 
-    def __call__(self, **kwargs):
+    @contextlib.contextmanager
+    def base(self):
         with self.peft_model.disable_adapter():
-            return self.peft_model(**kwargs)
+            yield self.peft_model
 
 
 def merged_state_dict(model) -> dict[str, torch.Tensor]:

@@ -263,7 +263,7 @@ class SFPOTorchLearner(TorchLearner):
                 logp, entropy = out[LOGP], out[ENTROPY]
                 micro[OLD_LOGP] = logp
                 if self._reference is not None:
-                    micro[REF_LOGP], _ = self._logp_and_entropy(self._reference, micro)
+                    micro[REF_LOGP] = self._reference_logp(micro)
             entropy_sum += float((entropy * mask).sum())
             num_tokens += float(mask.sum())
         if self._fsdp():
@@ -271,6 +271,12 @@ class SFPOTorchLearner(TorchLearner):
             # them after the backward): shard them again before θ⁰ is snapshotted from them.
             policy.reshard()
         return entropy_sum, num_tokens
+
+    def _reference_logp(self, micro) -> torch.Tensor:
+        if isinstance(self._reference, AdaptersDisabled):
+            with self._reference.base() as base:
+                return self._logp_and_entropy(base, micro)[0]
+        return self._logp_and_entropy(self._reference, micro)[0]
 
     def _logp_and_entropy(self, lm, micro):
         policy = self._policy()

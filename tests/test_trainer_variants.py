@@ -237,7 +237,9 @@ def test_lora_kl_anchor_is_the_base_model_and_exports_match_the_policy(random_ll
     trained = mb_logp(policy, shard)
     base = mb_logp(load_causal_lm(random_llama), shard)
     assert float((trained - base).abs().max()) > 1e-3, "the adapters did not move the policy"
-    torch.testing.assert_close(mb_logp(learner._reference, shard), base, rtol=0, atol=1e-6)
+    with learner._reference.base() as anchor:  # the policy's weights, adapters off
+        torch.testing.assert_close(mb_logp(anchor, shard), base, rtol=0, atol=1e-6)
+    torch.testing.assert_close(mb_logp(policy, shard), trained, rtol=0, atol=0)  # adapters back on
 
     merged = load_causal_lm(random_llama)
     merged.load_state_dict(merged_state_dict(policy), strict=True)  # what vLLM would receive
