@@ -15,6 +15,7 @@ resumed run behaves exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -26,6 +27,7 @@ from ray.rllib.utils.metrics import LEARNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFET
 
 from sfpo_rllib.batch import build_learner_batches
 from sfpo_rllib.entropy_trigger import EntropyTrigger
+from sfpo_rllib.env_factory import check_held_out_data
 from sfpo_rllib.sfpo_config import SFPOConfig
 
 TRAINING_ITERATION = "training_iteration"
@@ -47,8 +49,10 @@ class SFPO(Algorithm):
     def setup(self, config: SFPOConfig) -> None:
         from transformers import AutoTokenizer
 
-        # Build (or find) the model once here, before runners and learners load it.
+        # Build (or find) the model once here, before runners and learners load it; read the
+        # data once here too, so bad data or held-out = training data fails before any actor starts.
         model_path = config.resolved_model_path()
+        self.test_overlap = check_held_out_data(config) if config.test_interval else 0
         super().setup(config)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -60,6 +64,7 @@ class SFPO(Algorithm):
         self.run_seed = config.seed if config.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
         self.train_size = self._on_runners(lambda runner, _: runner.num_problems("train"), [None])[0]
         self.test_size = None
+        self.runner_restarts = 0
         self.test_due = False  # set by the CLI to force a test after the next iteration
 
     # ----- runner plumbing --------------------------------------------------------------
@@ -67,20 +72,57 @@ class SFPO(Algorithm):
         return max(1, self.env_runner_group.num_remote_env_runners())
 
     def _on_runners(self, fn, per_runner: list) -> list:
-        """Call ``fn(runner, per_runner[i])`` on runner i (local when there are no remote ones)."""
-        remote = self.env_runner_group.num_remote_env_runners() > 0
+        """Call ``fn(runner, per_runner[i])`` on runner i (local when there are no remote ones).
+
+        A runner that died is restarted (RLlib's ``restart_failed_env_runners``), gets the
+        current weights, and is asked again: its answer is a function of its arguments and the
+        weights, so the run goes on exactly as if it had not failed. An exception inside ``fn``
+        is raised here with the runner's message (ValueErrors stay ValueErrors: bad data).
+        """
+        group = self.env_runner_group
+        remote = group.num_remote_env_runners() > 0
+        wanted = self._num_runners()
 
         def call(runner):
             slot = runner.worker_index - 1 if remote else 0
-            return (slot, fn(runner, per_runner[slot]) if slot < len(per_runner) else None)
+            if slot >= len(per_runner):
+                return slot, None, None
+            try:
+                return slot, fn(runner, per_runner[slot]), None
+            except Exception as err:  # returned, not raised: RLlib would log and drop it
+                logging.getLogger(__name__).exception("env runner %d failed", runner.worker_index)
+                return slot, None, (isinstance(err, ValueError), f"{type(err).__name__}: {err}")
 
-        results = self.env_runner_group.foreach_env_runner(call, local_env_runner=not remote)
-        if len(results) != max(1, self.env_runner_group.num_remote_env_runners()):
+        answers: dict[int, Any] = {}
+        for attempt in range(min(self.config.max_num_env_runner_restarts, 3) + 1 if remote else 1):
+            missing = [i for i in range(wanted) if i not in answers]
+            ids = [i + 1 for i in missing] if remote else None
+            for slot, result, error in group.foreach_env_runner(call, local_env_runner=not remote, remote_worker_ids=ids):
+                if error is not None:
+                    user_error, message = error
+                    raise (ValueError if user_error else RuntimeError)(
+                        message if user_error else f"env runner {slot + 1} failed: {message} (traceback in the log)")
+                answers[slot] = result
+            if len(answers) == wanted or not (remote and self.config.restart_failed_env_runners):
+                break
+            time.sleep(min(5.0, 0.5 * 2**attempt))  # let Ray bring the actor back
+            self.restore_env_runners(group)
+        if len(answers) != wanted:
             raise RuntimeError(
-                f"Only {len(results)} of {self._num_runners()} env runners answered; the others failed "
-                "(see their errors above in the log)."
+                f"Only {len(answers)} of {wanted} env runners answered; the others failed and could not be "
+                "restarted (see their errors above in the log; `restart_failed_env_runners` must be True)."
             )
-        return [result for _, result in sorted(results, key=lambda r: r[0])]
+        return [answers[i] for i in range(wanted)]
+
+    @override(Algorithm)
+    def restore_env_runners(self, env_runner_group) -> list[int]:
+        """Bring restarted runners back into the group with the learners' current weights."""
+        restored = env_runner_group.probe_unhealthy_env_runners() if env_runner_group.num_remote_env_runners() else []
+        if restored:
+            env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group,
+                                          to_worker_indices=restored, inference_only=True, timeout_seconds=None)
+            self.runner_restarts += len(restored)
+        return restored
 
     def _prompt_indices(self, iteration: int) -> np.ndarray:
         """Prompts of ``iteration`` (from 1): consecutive slices of per-epoch permutations."""
@@ -158,6 +200,7 @@ class SFPO(Algorithm):
                 "optimizer_steps": stats[0]["optimizer_steps"],
                 "truncated_fraction": float(np.mean([not r["stopped"] for r in records])),
                 "verifier_timeouts": int(sum(r["timed_out"] for r in records)),
+                "reward_errors": int(sum(r["reward_error"] for r in records)),
                 "time_generate_s": time_sample,
                 "time_verify_s": max(sample["time_verify_s"] for sample in samples),
                 "time_update_s": time_update,
@@ -191,6 +234,8 @@ class SFPO(Algorithm):
             "test_accuracy": float(sum(correct) / (len(correct) * k)),
             "test_pass_at_k": float(np.mean([n > 0 for n in correct])),
             "test_problems": len(correct),
+            "test_reward_errors": int(sum(out["reward_errors"] for out in outs)),
+            "test_overlap_problems": self.test_overlap,
             "time_test_s": time.perf_counter() - t0,
         }
 
