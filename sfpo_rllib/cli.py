@@ -119,7 +119,7 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    from sfpo_rllib.train_run import check_output_dir, run_training
+    from sfpo_rllib.train_run import check_output_dir, check_resume, run_training
 
     _check_flags(args)
     config, file_stop_iters = build_config(args)
@@ -131,6 +131,9 @@ def train(args: argparse.Namespace) -> None:
     output = args.output or os.path.join("runs", f"{type(config).__name__.removesuffix('Config')}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         check_output_dir(os.path.abspath(output), resume=args.resume, overwrite=args.overwrite)
+        if args.resume:
+            check_resume(os.path.abspath(output), config, stop_iters=stop_iters,
+                         allow_config_change=args.allow_config_change)
     except ValueError as err:
         _fail(str(err))
 

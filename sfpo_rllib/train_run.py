@@ -88,10 +88,11 @@ def check_output_dir(output_dir: str, *, resume: bool, overwrite: bool) -> None:
         raise ValueError(f"--output {output_dir!r}: {parent!r} is a file, so no folder can be made there.")
     present = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
     if resume:
-        if latest_checkpoint(os.path.join(output_dir, "checkpoints"), quiet=True) is None:
+        if (latest_checkpoint(os.path.join(output_dir, "checkpoints"), quiet=True) is None
+                and _read_run_config(os.path.join(output_dir, "run_config.json")) is None):
             raise ValueError(
-                f"--resume: no complete checkpoint under {os.path.join(output_dir, 'checkpoints')!r}. "
-                "Run once without --resume (checkpoints are written every --checkpoint-every iterations)."
+                f"--resume: {output_dir!r} holds no run (no run_config.json, no complete checkpoint). "
+                "Run without --resume (add --overwrite if the folder holds files of an unfinished start)."
             )
         return
     if not present:
@@ -116,7 +117,7 @@ def _clear_previous_run(output_dir: str) -> None:
         path = os.path.join(output_dir, name)
         shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
     if removed:
-        logger.warning("--overwrite: deleted the previous run's %s in %s", ", ".join(removed), output_dir)
+        logger.warning("Deleted the previous run's %s in %s", ", ".join(removed), output_dir)
 
 
 # ----- checkpoints ------------------------------------------------------------------------
@@ -194,7 +195,7 @@ def plain_settings(config) -> dict[str, Any]:
         try:
             out[key] = json.loads(json.dumps(value))
         except (TypeError, ValueError):
-            out[key] = repr(value)
+            out[key] = re.sub(r" at 0x[0-9a-f]+", "", repr(value))  # memory addresses differ per process
     return out
 
 
@@ -216,6 +217,49 @@ def _describe(differences: dict[str, tuple[Any, Any]]) -> str:
         return text if len(text) <= 60 else text[:57] + "..."
 
     return "; ".join(f"{name} {short(old)} -> {short(new)}" for name, (old, new) in differences.items())
+
+
+def _effective_settings(run_config: dict) -> dict[str, Any]:
+    """The run's settings after the changes its resumes applied."""
+    settings = dict(run_config["settings"])
+    for entry in run_config["history"]:
+        settings.update({name: change["new"] for name, change in entry.get("changed", {}).items()})
+    return settings
+
+
+def check_resume(output_dir: str, config, *, stop_iters: int, allow_config_change: bool):
+    """``(checkpoint, record, changes)``: the checkpoint to resume from (None when the run was
+    stopped before its first one: it starts again), the run's record (run_id, algorithm,
+    iteration, settings), and the settings that differ from the record's.
+
+    Raises a one-line ValueError listing the differences unless they may change on resume or
+    ``allow_config_change`` is set (the algorithm itself never changes).
+    """
+    restore_from = latest_checkpoint(os.path.join(output_dir, "checkpoints"))
+    if restore_from is not None:
+        record = _checkpoint_info(restore_from)
+    else:
+        run_config = _read_run_config(os.path.join(output_dir, "run_config.json"))
+        if run_config is None:
+            raise ValueError(f"--resume: {output_dir!r} holds no run (no run_config.json, no complete checkpoint). "
+                             "Run without --resume.")
+        record = {"run_id": run_config["run_id"], "algorithm": run_config["algorithm"], "iteration": 0,
+                  "settings": _effective_settings(run_config)}
+    algorithm = type(config).__name__.removesuffix("Config")
+    if record["algorithm"] != algorithm:
+        raise ValueError(f"--resume: the run is a {record['algorithm']} run, not {algorithm}; "
+                         f"resume it with --algo {record['algorithm']}.")
+    if stop_iters < record["iteration"]:
+        raise ValueError(f"--stop-iters ({stop_iters}) is below the checkpoint's iteration ({record['iteration']}); "
+                         "a run cannot go back. Pass a larger --stop-iters.")
+    changes = settings_differences(record["settings"], plain_settings(config))
+    if changes and not allow_config_change:
+        raise ValueError(
+            f"--resume: the settings differ from the run's (iteration {record['iteration']}): "
+            f"{_describe(changes)}. Resume with the same settings, pass --allow-config-change to apply "
+            "the new values from the next iteration on, or start a new run in another --output."
+        )
+    return restore_from, record, changes
 
 
 def _apply_lr(algo) -> None:
@@ -291,34 +335,38 @@ def run_training(
                         ("keep_checkpoints", keep_checkpoints)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"`{name}` ({value!r}) must be an int >= 1.")
+    config.validate()  # idempotent; settings are recorded and compared as validate() leaves them
     output_dir = os.path.abspath(output_dir)  # RLlib checkpoints need absolute paths
     check_output_dir(output_dir, resume=resume, overwrite=overwrite)
     check_resources(config)
     checkpoints = os.path.join(output_dir, "checkpoints")
     run_config_path = os.path.join(output_dir, "run_config.json")
     algorithm = type(config).__name__.removesuffix("Config")
-    settings = plain_settings(config)
+    settings = plain_settings(config)  # after validate(), which build_algo repeats (no change)
 
-    restore_from, run_id, changes = None, uuid.uuid4().hex, {}
+    restore_from, record, changes = None, None, {}
     if resume:
         _remove_partials(checkpoints)
-        restore_from = latest_checkpoint(checkpoints)
-        saved = _checkpoint_info(restore_from)
-        run_id = saved["run_id"]
-        changes = settings_differences({"algorithm": saved["algorithm"], **saved["settings"]},
-                                       {"algorithm": algorithm, **settings})
-        if changes and not allow_config_change:
-            raise ValueError(
-                f"--resume: the settings differ from the checkpoint's (iteration {saved['iteration']}): "
-                f"{_describe(changes)}. Resume with the same settings, pass --allow-config-change to apply "
-                "the new values from the next iteration on, or start a new run in another --output."
-            )
-        if "algorithm" in changes:
-            raise ValueError(f"--resume: the checkpoint is a {saved['algorithm']} run, not {algorithm}; "
-                             f"resume it with --algo {saved['algorithm']}.")
+        restore_from, record, changes = check_resume(output_dir, config, stop_iters=stop_iters,
+                                                     allow_config_change=allow_config_change)
+        if restore_from is None:
+            logger.warning("--resume: %s has no complete checkpoint yet; the run starts again from iteration 0.",
+                           output_dir)
+    run_id = record["run_id"] if record else uuid.uuid4().hex
     os.makedirs(output_dir, exist_ok=True)
-    if overwrite:
+    run_config = _read_run_config(run_config_path) if resume else None
+    if overwrite or (resume and restore_from is None):
         _clear_previous_run(output_dir)
+    if run_config is None:  # a new run (or a resumed one whose file was lost: rebuilt from the checkpoint)
+        run_config = {"algorithm": algorithm, "run_id": run_id,
+                      "settings": record["settings"] if record else settings, "history": []}
+    entry = {"event": "resume" if resume else "start", "iteration": record["iteration"] if restore_from else 0,
+             "stop_iters": stop_iters, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if changes:
+        entry["changed"] = {name: {"old": old, "new": new} for name, (old, new) in changes.items()}
+    run_config["history"].append(entry)
+    _write_json_atomic(run_config_path, run_config)
+    info = {"run_id": run_id, "algorithm": algorithm, "settings": settings}
 
     # Outside Tune, RLlib's Trainable logs to a fresh folder under ~/ray_results; keep a
     # run's files together in its output folder instead.
@@ -335,17 +383,6 @@ def run_training(
         start = algo.sfpo_iteration
         log = RunLogger(output_dir, resume_after=start if restore_from else None,
                         restore_rows_from=os.path.join(restore_from, CHECKPOINT_METRICS) if restore_from else None)
-        history_entry = {"event": "resume" if restore_from else "start", "iteration": start,
-                         "stop_iters": stop_iters, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        run_config = _read_run_config(run_config_path) if restore_from else None
-        if run_config is None:  # a new run (or a resumed one whose file was lost: rebuilt from the checkpoint)
-            original = settings if not restore_from else saved["settings"]
-            run_config = {"algorithm": algorithm, "run_id": run_id, "settings": original, "history": []}
-        if changes:
-            history_entry["changed"] = {name: {"old": old, "new": new} for name, (old, new) in changes.items()}
-        run_config["history"].append(history_entry)
-        _write_json_atomic(run_config_path, run_config)
-        info = {"run_id": run_id, "algorithm": algorithm, "settings": settings}
 
         last: dict[str, Any] = {}
         bar = tqdm(range(start + 1, stop_iters + 1), initial=start, total=stop_iters, disable=not progress, unit="it")
