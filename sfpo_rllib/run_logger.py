@@ -43,7 +43,7 @@ class RunLogger:
         """Rows up to ``iteration``: the checkpoint's copy when there is one, else the file's own."""
         current, torn = _read_lines(self.path) if os.path.exists(self.path) else ([], None)
         if torn is not None:
-            logger.warning("%s: dropped what is not JSON (%s): a kill while writing tears the last line. "
+            logger.warning("%s: dropped a torn or damaged line (%s); a kill while writing tears the last one. "
                            "The file is rewritten from the checkpoint.", self.path, torn)
         rows = _read_lines(saved_rows)[0] if saved_rows and os.path.exists(saved_rows) else current
         kept = [row for row in rows if row["iteration"] <= iteration]

@@ -94,7 +94,8 @@ class SFPO(Algorithm):
                 return slot, None, (isinstance(err, ValueError), f"{type(err).__name__}: {err}")
 
         answers: dict[int, Any] = {}
-        for attempt in range(min(self.config.max_num_env_runner_restarts, 3) + 1 if remote else 1):
+        deadline = time.monotonic() + self.config.env_runner_restore_timeout_s
+        while True:
             missing = [i for i in range(wanted) if i not in answers]
             ids = [i + 1 for i in missing] if remote else None
             for slot, result, error in group.foreach_env_runner(call, local_env_runner=not remote, remote_worker_ids=ids):
@@ -105,12 +106,16 @@ class SFPO(Algorithm):
                 answers[slot] = result
             if len(answers) == wanted or not (remote and self.config.restart_failed_env_runners):
                 break
-            time.sleep(min(5.0, 0.5 * 2**attempt))  # let Ray bring the actor back
-            self.restore_env_runners(group)
+            # Ray restarts a dead runner's actor (it rebuilds its model); wait until it answers.
+            while not self.restore_env_runners(group) and time.monotonic() < deadline:
+                time.sleep(1.0)
+            if time.monotonic() >= deadline:
+                break
         if len(answers) != wanted:
             raise RuntimeError(
-                f"Only {len(answers)} of {wanted} env runners answered; the others failed and could not be "
-                "restarted (see their errors above in the log; `restart_failed_env_runners` must be True)."
+                f"Only {len(answers)} of {wanted} env runners answered; the others failed and were not back "
+                f"within `env_runner_restore_timeout_s` ({self.config.env_runner_restore_timeout_s} s) (see their "
+                "errors above in the log; restarts need `restart_failed_env_runners=True`)."
             )
         return [answers[i] for i in range(wanted)]
 
