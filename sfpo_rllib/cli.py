@@ -21,8 +21,15 @@ import time
 from typing import NoReturn
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as our one line (argparse prints the usage text first)."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{message} (see `{self.prog} --help`)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sfpo-rllib", description="SFPO / GRPO for LLMs on Ray RLlib.")
+    parser = _Parser(prog="sfpo-rllib", description="SFPO / GRPO for LLMs on Ray RLlib.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a policy (from flags, or from a tuned-example file)")
     train.add_argument("source", nargs="?", choices=["file"], help="'file PATH' to start from a tuned example")
@@ -100,10 +107,13 @@ def build_config(args: argparse.Namespace):
             close = difflib.get_close_matches(key, [k for k in vars(config) if not k.startswith("_")], n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             _fail(f"--config: unknown setting {key!r}.{hint}")
-    try:
-        config.update_from_dict(overrides)
-    except Exception as err:  # RLlib's setters raise several types on wrongly typed values
-        _fail(f"--config {args.config}: {type(err).__name__}: {err}")
+    for key, value in overrides.items():  # one at a time, to name the setting that cannot be applied
+        try:
+            config.update_from_dict({key: value})
+        except Exception as err:  # RLlib's setters raise several types on wrongly typed values
+            shown = json.dumps(value)
+            _fail(f"--config: `{key}` ({shown if len(shown) <= 60 else shown[:57] + '...'}) cannot be applied "
+                  f"({type(err).__name__}: {err}); check its type in the README settings table.")
     if args.seed is not None:
         config.debugging(seed=args.seed)
     return config, stop_iters

@@ -91,7 +91,8 @@ class SFPO(Algorithm):
                 return slot, fn(runner, per_runner[slot]), None
             except Exception as err:  # returned, not raised: RLlib would log and drop it
                 logging.getLogger(__name__).exception("env runner %d failed", runner.worker_index)
-                return slot, None, (isinstance(err, ValueError), f"{type(err).__name__}: {err}")
+                user_error = isinstance(err, ValueError)  # bad data or a failing verifier: its message says it
+                return slot, None, (user_error, str(err) if user_error else f"{type(err).__name__}: {err}")
 
         answers: dict[int, Any] = {}
         deadline = time.monotonic() + self.config.env_runner_restore_timeout_s

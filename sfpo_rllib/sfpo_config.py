@@ -253,7 +253,7 @@ class SFPOConfig(AlgorithmConfig):
     def _validate_rllib_settings(self) -> None:
         """The RLlib settings this algorithm uses, checked for type and range."""
         self._check(_is_num(self.lr) and self.lr > 0 or _is_lr_schedule(self.lr), "lr",
-                    "must be a number > 0 or an RLlib schedule [[timestep, lr], ...]",
+                    "must be > 0 (a number, or an RLlib schedule [[0, lr], [timestep, lr], ...])",
                     "The paper uses 1e-6 for 1.5B-7B models.")
         self._check(self.grad_clip is None or (_is_num(self.grad_clip) and self.grad_clip > 0), "grad_clip",
                     "must be None (no clipping) or a number > 0", "Use 1.0.")
@@ -273,8 +273,9 @@ class SFPOConfig(AlgorithmConfig):
         for name in ("env_config", "test_env_config", "vllm_kwargs"):
             self._check(isinstance(getattr(self, name), dict), name, "must be a dict of keyword arguments",
                         "Use e.g. {} or {'data': 'train.jsonl'}.")
-        self._check(all(isinstance(k, str) for k in self.env_config) and all(isinstance(k, str) for k in
-                    self.test_env_config), "env_config", "must have string keys", "Use keyword names as keys.")
+        for name in ("env_config", "test_env_config"):
+            self._check(all(isinstance(k, str) for k in getattr(self, name)), name, "must have string keys",
+                        "Use the environment's keyword names as keys.")
 
     def _validate_sfpo(self) -> None:
         self._check(_is_int(self.fast_steps) and self.fast_steps >= 0, "fast_steps",
@@ -309,13 +310,13 @@ class SFPOConfig(AlgorithmConfig):
                     "completions of the same prompt", "Use 8 as in the paper.")
         self._check(_is_int(batch) and batch > 0 and batch % g == 0, "train_batch_size_per_learner",
                     f"must be a positive multiple of `group_size` ({g}), counted in completions",
-                    f"Use e.g. {max(1, (batch or g) // g) * g}.")
+                    f"Use e.g. {max(1, batch // g if _is_int(batch) else 1) * g}.")
         if self.minibatch_size is None:
             self.minibatch_size = batch  # one minibatch per pass
         mb = self.minibatch_size
         self._check(_is_int(mb) and mb > 0 and mb % g == 0, "minibatch_size",
                     f"must be a positive multiple of `group_size` ({g}) (whole groups per minibatch)",
-                    f"Use e.g. {g * max(1, (mb or g) // g)}.")
+                    f"Use e.g. {g * max(1, mb // g if _is_int(mb) else 1)}.")
         self._check(batch % mb == 0, "minibatch_size",
                     f"must divide `train_batch_size_per_learner` ({batch})", f"Use e.g. {batch}.")
 

@@ -82,10 +82,10 @@ def check_output_dir(output_dir: str, *, resume: bool, overwrite: bool) -> None:
     parent = output_dir
     while not os.path.exists(parent):
         parent = os.path.dirname(parent) or "."
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--output {output_dir!r}: {parent!r} is not writable. Pick a folder you can write to.")
     if not os.path.isdir(parent):
         raise ValueError(f"--output {output_dir!r}: {parent!r} is a file, so no folder can be made there.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {output_dir!r}: {parent!r} is not writable. Pick a folder you can write to.")
     present = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
     if resume:
         if (latest_checkpoint(os.path.join(output_dir, "checkpoints"), quiet=True) is None
