@@ -236,3 +236,13 @@ def test_a_verifier_that_raises_or_returns_none_is_reported_or_scored_zero(ray_s
             algo.train()
     finally:
         algo.stop()
+
+
+def test_bad_data_through_the_cli_is_one_line_before_any_rollout(tmp_path, capsys):
+    bad = write_jsonl(tmp_path / "bad.jsonl", ROWS[:3] + [{"question": "q?"}])
+    settings = {"env_config": {"data": bad, "num_workers": 1}, "group_size": 4, "train_batch_size_per_learner": 16,
+                "minibatch_size": 8}
+    err = cli_error(["train", "--env", "sfpo/Math-v0", "--config", json.dumps(settings), "--output",
+                     str(tmp_path / "out"), "--num-cpus", "2", "--no-progress"], capsys)
+    assert "`env_config` of 'sfpo/Math-v0'" in err and "bad.jsonl, row 4" in err
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
