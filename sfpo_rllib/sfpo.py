@@ -53,6 +53,7 @@ class SFPO(Algorithm):
         # data once here too, so bad data or held-out = training data fails before any actor starts.
         model_path = config.resolved_model_path()
         self.test_overlap = check_held_out_data(config) if config.test_interval else 0
+        self.runner_restarts = 0
         super().setup(config)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -64,7 +65,6 @@ class SFPO(Algorithm):
         self.run_seed = config.seed if config.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
         self.train_size = self._on_runners(lambda runner, _: runner.num_problems("train"), [None])[0]
         self.test_size = None
-        self.runner_restarts = 0
         self.test_due = False  # set by the CLI to force a test after the next iteration
 
     # ----- runner plumbing --------------------------------------------------------------

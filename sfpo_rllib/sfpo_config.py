@@ -196,7 +196,10 @@ class SFPOConfig(AlgorithmConfig):
             test_interval: evaluate every this many iterations (0 = never).
             test_num_problems: the first N problems of the test split (None = all).
             test_samples_per_problem: samples per problem; accuracy is their mean.
-            test_env_config: env_config overrides for the held-out environment.
+            test_env_config: env_config overrides for the held-out environment. A run whose
+                held-out problems are all training problems (e.g. one data file read whole for
+                both) is refused before it starts; a partial overlap is reported in
+                `test_overlap_problems`.
         """
         for name, value in locals().items():
             if name != "self" and value is not NotProvided:
