@@ -198,7 +198,13 @@ class RewardFnEnv(VerifierEnv):
         return str(example["prompt"])
 
     def verify(self, completion: str, example: Mapping[str, Any]) -> Verdict:
-        reward = float(self.reward_fn(completion, example))
+        value = self.reward_fn(completion, example)
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(
+                f"`reward_fn` returned {value!r:.60} ({type(value).__name__}) for completion "
+                f"{completion[:80]!r}; it must return a finite float."
+            )
+        reward = float(value)
         if not np.isfinite(reward):
             raise ValueError(
                 f"`reward_fn` returned {reward} for completion {completion[:80]!r}; "

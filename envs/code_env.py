@@ -119,7 +119,12 @@ class CodeEnv(VerifierEnv):
     Args:
         data: path (.jsonl, .jsonl.gz, .json, .parquet, or a directory with
             ``{split}.jsonl``), ``"hf:org/name"``, or a list of dicts.
-        split: which split of a directory or hub dataset (a single file is read whole).
+        split: which split of a directory or hub dataset (a single file is read whole,
+            unless ``split_fraction`` carves it).
+        split_fraction: hold out about this share of the rows (by a hash of the question,
+            seeded by ``split_seed``) as the "test" split; the rest is "train". Use it to
+            train and test on one file; None reads the data as it is.
+        split_seed: which rows the carve holds out (the same seed, the same rows).
         prompt_template: a template name or a string with ``{question}``; default "code"
             (asks for a ```python block), or "plain" (the prompt as is) when
             ``completion_mode="continue"``.
@@ -146,6 +151,8 @@ class CodeEnv(VerifierEnv):
         layout: str = "auto",
         columns: Mapping[str, str] | None = None,
         on_bad_row: str = "error",
+        split_fraction: float | None = None,
+        split_seed: int = 0,
         format_score: float = 0.0,
         timeout_s: float = 10.0,
         max_workers: int = 2,
@@ -171,7 +178,8 @@ class CodeEnv(VerifierEnv):
         self.sandbox = Sandbox(
             timeout_s=timeout_s, max_workers=max_workers, memory_mb=memory_mb, isolation=isolation
         )
-        loaded = load_examples(data, split=split, layout=layout, columns=columns, on_bad_row=on_bad_row)
+        loaded = load_examples(data, split=split, layout=layout, columns=columns, on_bad_row=on_bad_row,
+                               split_fraction=split_fraction, split_seed=split_seed)
         if loaded.kind != "code":
             raise ValueError(
                 f"`data` ({data!r}) has the {loaded.layout!r} layout, which holds math problems; "

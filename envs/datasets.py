@@ -20,6 +20,12 @@ two shapes:
 ``row`` is the 1-based line number (jsonl) or row number (json list, parquet, hub) in its
 source, so an error can point at it. ``meta`` keeps the row's other columns.
 
+A single file holds no splits: it is read whole, whatever ``split`` says. To hold out part of
+it, pass ``split_fraction`` (e.g. 0.1): the rows whose question hashes (with ``split_seed``)
+below that fraction form the "test" split, the others the "train" split. The carve is
+deterministic, about ``split_fraction`` of the rows, and puts duplicate questions on the same
+side. (A directory or hub dataset is then read through its "train" split and carved the same way.)
+
 A bad row (bad JSON, missing field, wrong type, no parsable answer) raises a ValueError
 naming source, row and rule (``on_bad_row="error"``), or is skipped and recorded in
 ``LoadedData.skipped`` with a logged warning (``on_bad_row="skip"``). Nothing is dropped
@@ -30,7 +36,9 @@ from __future__ import annotations
 
 import glob
 import gzip
+import hashlib
 import json
+import zlib
 import logging
 import math
 import os
@@ -42,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 FILE_EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 ON_BAD_ROW = ("error", "skip")
+CARVED_SPLITS = ("train", "test")  # the splits split_fraction makes
 
 
 class BadRow(ValueError):
@@ -400,30 +409,46 @@ def _open_binary(path: str):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
+def _lines(path: str) -> Iterator[bytes]:
+    """The file's lines; a truncated or corrupt .gz is a ValueError naming the file and line."""
+    number = 0
+    try:
+        with _open_binary(path) as f:
+            for number, raw in enumerate(f, start=1):
+                yield raw
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise ValueError(
+            f"`data` file {path} is truncated or not valid gzip after line {number} ({type(err).__name__}: {err}). "
+            "Download or compress it again."
+        ) from None
+
+
 def _read_jsonl(path: str) -> Iterator[RawRow]:
-    with _open_binary(path) as f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue  # a blank line holds no row (row numbers stay line numbers)
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as err:
-                yield path, number, BadRow(f"line is not valid UTF-8 (byte {err.start + 1})")
-                continue
-            except json.JSONDecodeError as err:
-                yield path, number, BadRow(f"line is not valid JSON ({err.msg} at column {err.colno})")
-                continue
-            if not isinstance(row, dict):
-                yield path, number, BadRow(f"line is a JSON {type(row).__name__}, not an object")
-                continue
-            yield path, number, row
+    for number, raw in enumerate(_lines(path), start=1):
+        if not raw.strip():
+            continue  # a blank line holds no row (row numbers stay line numbers)
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            yield path, number, BadRow(f"line is not valid UTF-8 (byte {err.start + 1})")
+            continue
+        except json.JSONDecodeError as err:
+            yield path, number, BadRow(f"line is not valid JSON ({err.msg} at column {err.colno})")
+            continue
+        except ValueError as err:  # e.g. an integer over Python's 4300-digit limit
+            yield path, number, BadRow(f"line cannot be read ({str(err)[:120]})")
+            continue
+        if not isinstance(row, dict):
+            yield path, number, BadRow(f"line is a JSON {type(row).__name__}, not an object")
+            continue
+        yield path, number, row
 
 
 def _read_json(path: str) -> Iterator[RawRow]:
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except ValueError as err:  # bad JSON, bad UTF-8, or an integer over Python's digit limit
             raise ValueError(
                 f"`data` file {path} is not valid JSON ({err}). Fix the file; for one JSON object "
                 "per line name it .jsonl (then each bad line is reported on its own)."
@@ -601,16 +626,20 @@ def load_examples(
     layout: str = "auto",
     columns: Mapping[str, str] | None = None,
     on_bad_row: str = "error",
+    split_fraction: float | None = None,
+    split_seed: int = 0,
 ) -> LoadedData:
     """Read ``data`` and normalize every row through ``layout`` (see the module docstring).
 
     ``columns`` maps the field names a layout reads to yours, e.g.
     ``{"question": "q", "answer": "a"}``; with ``layout="auto"`` the layout is then detected
     from the renamed columns. ``split`` picks the file in a directory or the hub split; a
-    single file is read whole.
+    single file is read whole, unless ``split_fraction`` carves a held-out "test" part
+    (seeded by ``split_seed``) from it.
     """
     _check_options(layout, columns, on_bad_row, split)
-    sources, rows = _raw_rows(data, split)
+    _check_carve(split_fraction, split_seed, split)
+    sources, rows = _raw_rows(data, "train" if split_fraction is not None else split)
 
     examples: list[dict] = []
     skipped: list[SkippedRow] = []
@@ -628,7 +657,7 @@ def load_examples(
             if isinstance(row, BadRow):
                 raise row
             example = chosen.normalize(_rename(row, columns))
-        except BadRow as reason:
+        except ValueError as reason:  # BadRow, or e.g. str() of an integer over the 4300-digit limit
             bad(source, number, reason)
             return
         label = source if source.startswith(("hf:", "<")) else os.path.basename(source)
@@ -663,7 +692,42 @@ def load_examples(
             len(skipped), ", ".join(sources), "; ".join(str(s) for s in skipped[:3]),
         )
     kind = chosen.kind if chosen is not None else "math"
+    if split_fraction is not None:
+        examples = _carve(examples, split, split_fraction, split_seed, sources)
     return LoadedData(examples=examples, skipped=skipped, layout=name, kind=kind, sources=sources)
+
+
+def _check_carve(split_fraction: Any, split_seed: Any, split: str) -> None:
+    if split_fraction is None:
+        return
+    if isinstance(split_fraction, bool) or not isinstance(split_fraction, (int, float)) or not 0 < split_fraction < 1:
+        raise ValueError(
+            f"`split_fraction` ({split_fraction!r}) must be a number in (0, 1): the share of rows held out "
+            "as the 'test' split. Use e.g. 0.1, or None to read the data as it is."
+        )
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int):
+        raise ValueError(f"`split_seed` ({split_seed!r}) must be an int; it picks which rows are held out.")
+    if split not in CARVED_SPLITS:
+        raise ValueError(
+            f"`split` ({split!r}) with `split_fraction`: the carve makes only the splits {CARVED_SPLITS}."
+        )
+
+
+def held_out(question: str, split_fraction: float, split_seed: int) -> bool:
+    """Whether a question belongs to the carved 'test' part (a pure function of its text)."""
+    digest = hashlib.sha256(f"{split_seed}\0{question}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < split_fraction
+
+
+def _carve(examples: list[dict], split: str, split_fraction: float, split_seed: int, sources: list[str]) -> list[dict]:
+    want_test = split == "test"
+    kept = [e for e in examples if held_out(e["question"], split_fraction, split_seed) == want_test]
+    if not kept:
+        raise ValueError(
+            f"`split_fraction` ({split_fraction}) of the {len(examples)} rows of {', '.join(sources)} leaves the "
+            f"{split!r} split empty. Use a fraction that keeps rows on both sides, or more data."
+        )
+    return kept
 
 
 def _detect_or_raise(buffered: list[RawRow], columns: Mapping[str, str] | None, sources: list[str]) -> str:

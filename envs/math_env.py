@@ -28,7 +28,12 @@ class MathEnv(VerifierEnv):
     Args:
         data: path (.jsonl, .jsonl.gz, .json, .parquet, or a directory with
             ``{split}.jsonl``/``{split}.parquet``), ``"hf:org/name"``, or a list of dicts.
-        split: which split of a directory or hub dataset (a single file is read whole).
+        split: which split of a directory or hub dataset (a single file is read whole,
+            unless ``split_fraction`` carves it).
+        split_fraction: hold out about this share of the rows (by a hash of the question,
+            seeded by ``split_seed``) as the "test" split; the rest is "train". Use it to
+            train and test on one file; None reads the data as it is.
+        split_seed: which rows the carve holds out (the same seed, the same rows).
         prompt_template: "math", "plain", or a string with ``{question}``. Default: "math",
             except "plain" for verl data, whose prompt column already holds the instruction.
         layout: "auto" (detect from the columns) or a name from ``datasets.LAYOUTS``.
@@ -50,6 +55,8 @@ class MathEnv(VerifierEnv):
         layout: str = "auto",
         columns: Mapping[str, str] | None = None,
         on_bad_row: str = "error",
+        split_fraction: float | None = None,
+        split_seed: int = 0,
         format_score: float = 0.0,
         timeout_s: float = 5.0,
         num_workers: int | None = None,
@@ -61,7 +68,8 @@ class MathEnv(VerifierEnv):
             )
         # Checked first (it starts no process until the first check), so bad settings fail fast.
         self.verifier = MathVerifier(timeout_s=timeout_s, num_workers=num_workers)
-        loaded = load_examples(data, split=split, layout=layout, columns=columns, on_bad_row=on_bad_row)
+        loaded = load_examples(data, split=split, layout=layout, columns=columns, on_bad_row=on_bad_row,
+                               split_fraction=split_fraction, split_seed=split_seed)
         if loaded.kind != "math":
             raise ValueError(
                 f"`data` ({data!r}) has the {loaded.layout!r} layout, which holds code problems; "

@@ -21,8 +21,15 @@ import time
 from typing import NoReturn
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as our one line (argparse prints the usage text first)."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{message} (see `{self.prog} --help`)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sfpo-rllib", description="SFPO / GRPO for LLMs on Ray RLlib.")
+    parser = _Parser(prog="sfpo-rllib", description="SFPO / GRPO for LLMs on Ray RLlib.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a policy (from flags, or from a tuned-example file)")
     train.add_argument("source", nargs="?", choices=["file"], help="'file PATH' to start from a tuned example")
@@ -33,7 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--stop-iters", type=int, help="number of training iterations (default: the file's, else 100)")
     train.add_argument("--seed", type=int, help="run seed (the same seed repeats the run)")
     train.add_argument("--output", help="output folder (default runs/<algo>-<time>)")
-    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
+    train.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in --output")
+    train.add_argument("--overwrite", action="store_true",
+                       help="delete what a previous run wrote in --output (metrics, checkpoints, model) and start over")
+    train.add_argument("--allow-config-change", action="store_true",
+                       help="with --resume: apply settings that differ from the checkpoint's (recorded in run_config.json)")
     train.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
     train.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -41,8 +52,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> NoReturn:
-    print(f"sfpo-rllib: error: {message}", file=sys.stderr)
+    one_line = " ".join(str(message).split("\nTo suppress all validation errors")[0].split())
+    print(f"sfpo-rllib: error: {one_line}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def _run_tuned_example(path: str) -> dict:
+    try:
+        return runpy.run_path(path)
+    except SyntaxError as err:
+        _fail(f"tuned-example file {path}, line {err.lineno}: {err.msg}. Fix the file.")
+    except Exception as err:  # the file is the user's code: report it, whatever it raised
+        _fail(f"tuned-example file {path} raised {type(err).__name__}: {err}. Fix the file.")
 
 
 def build_config(args: argparse.Namespace):
@@ -53,11 +74,15 @@ def build_config(args: argparse.Namespace):
     if args.source == "file":
         if not args.path or not os.path.isfile(args.path):
             _fail(f"tuned-example file {args.path!r} does not exist.")
-        namespace = runpy.run_path(args.path)
+        namespace = _run_tuned_example(args.path)
         if "config" not in namespace:
             _fail(f"{args.path} defines no `config`; a tuned example must set `config = SFPOConfig()...`.")
         config = namespace["config"]
+        if not isinstance(config, ALGORITHMS["SFPO"][1]):
+            _fail(f"{args.path}: `config` is a {type(config).__name__}, not an SFPOConfig/GRPOConfig.")
         stop_iters = namespace.get("stop_iters")
+        if stop_iters is not None and (not isinstance(stop_iters, int) or isinstance(stop_iters, bool) or stop_iters < 1):
+            _fail(f"{args.path}: `stop_iters` ({stop_iters!r}) must be an int >= 1.")
         if args.algo and type(config) is not ALGORITHMS[args.algo][1]:
             settings = config.to_dict()
             config = ALGORITHMS[args.algo][1]().update_from_dict(settings)
@@ -82,24 +107,47 @@ def build_config(args: argparse.Namespace):
             close = difflib.get_close_matches(key, [k for k in vars(config) if not k.startswith("_")], n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             _fail(f"--config: unknown setting {key!r}.{hint}")
-    config.update_from_dict(overrides)
+    for key, value in overrides.items():  # one at a time, to name the setting that cannot be applied
+        try:
+            config.update_from_dict({key: value})
+        except Exception as err:  # RLlib's setters raise several types on wrongly typed values
+            shown = json.dumps(value)
+            _fail(f"--config: `{key}` ({shown if len(shown) <= 60 else shown[:57] + '...'}) cannot be applied "
+                  f"({type(err).__name__}: {err}); check its type in the README settings table.")
     if args.seed is not None:
         config.debugging(seed=args.seed)
     return config, stop_iters
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    for flag, value in (("--stop-iters", args.stop_iters), ("--checkpoint-every", args.checkpoint_every),
+                        ("--num-cpus", args.num_cpus)):
+        if value is not None and value < 1:
+            _fail(f"{flag} ({value}) must be >= 1.")
+    if args.allow_config_change and not args.resume:
+        _fail("--allow-config-change only applies with --resume (a new run takes any settings).")
+
+
 def train(args: argparse.Namespace) -> None:
+    from sfpo_rllib.train_run import check_output_dir, check_resume, run_training
+
+    _check_flags(args)
     config, file_stop_iters = build_config(args)
     try:
         config.validate()
-    except ValueError as err:
-        _fail(str(err).split("\nTo suppress all validation errors")[0])
-    stop_iters = args.stop_iters or file_stop_iters or 100
+    except Exception as err:  # ours are ValueErrors; anything else is still the user's setting
+        _fail(str(err) if isinstance(err, ValueError) else f"invalid settings ({type(err).__name__}: {err})")
+    stop_iters = args.stop_iters if args.stop_iters is not None else file_stop_iters or 100
     output = args.output or os.path.join("runs", f"{type(config).__name__.removesuffix('Config')}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        check_output_dir(os.path.abspath(output), resume=args.resume, overwrite=args.overwrite)
+        if args.resume:
+            check_resume(os.path.abspath(output), config, stop_iters=stop_iters,
+                         allow_config_change=args.allow_config_change)
+    except ValueError as err:
+        _fail(str(err))
 
     import ray
-
-    from sfpo_rllib.train_run import run_training
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False)
     try:
@@ -108,6 +156,8 @@ def train(args: argparse.Namespace) -> None:
             stop_iters=stop_iters,
             output_dir=output,
             resume=args.resume,
+            overwrite=args.overwrite,
+            allow_config_change=args.allow_config_change,
             checkpoint_every=args.checkpoint_every,
             progress=not args.no_progress,
         )

@@ -8,11 +8,14 @@ gymnasium's ``gymnasium.envs`` entry point, or named as ``"their_package:Their/I
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping
 
 import gymnasium as gym
 
 import sfpo_envs  # noqa: F401  (registers the sfpo/... ids)
+
+logger = logging.getLogger(__name__)
 
 
 def check_env_id(env_id: Any) -> None:
@@ -55,3 +58,54 @@ def make_env(env_id: str, env_config: Mapping[str, Any] | None = None, **overrid
             "Check the keyword names against the environment's documentation."
         ) from None
 
+
+
+def _make_checked(env_id: str, env_config: Mapping[str, Any], setting: str, **overrides: Any) -> gym.Env:
+    try:
+        return make_env(env_id, env_config, **overrides)
+    except ValueError as err:
+        raise ValueError(f"`{setting}` of {env_id!r}: {err}") from None
+    except (TypeError, OSError, KeyError, ImportError, RuntimeError) as err:  # the environment's own checks
+        raise ValueError(f"`{setting}` of {env_id!r}: {type(err).__name__}: {err}") from None
+
+
+def _prompts(env: gym.Env) -> list[str]:
+    base = env.unwrapped
+    if hasattr(base, "prompt"):
+        return [base.prompt(i) for i in range(len(base))]
+    return [env.reset(options={"index": i})[0] for i in range(len(base))]
+
+
+def check_held_out_data(config) -> int:
+    """Make the training and held-out environments once; return how many held-out prompts are
+    training prompts too.
+
+    Raises a ValueError naming the setting when either cannot be made (bad data, bad
+    keywords), or when every held-out prompt is a training prompt: a held-out score would then
+    silently measure training problems (e.g. one data file read whole for both splits).
+    """
+    train = _make_checked(config.env, config.env_config, "env_config")
+    try:
+        test = _make_checked(config.env, config.env_config, "test_env_config", **config.test_env_config)
+        try:
+            if not hasattr(train.unwrapped, "__len__") or not hasattr(test.unwrapped, "__len__"):
+                return 0  # the runner explains this contract
+            seen = set(_prompts(train))
+            held_out = _prompts(test)
+        finally:
+            test.close()
+    finally:
+        train.close()
+    overlap = sum(prompt in seen for prompt in held_out)
+    if held_out and overlap == len(held_out):
+        raise ValueError(
+            f"All {len(held_out)} held-out problems of {config.env!r} are training problems (env_config "
+            f"{dict(config.env_config)!r}, test_env_config {dict(config.test_env_config)!r}): a single data file "
+            "is read whole for every split. Give the held-out problems their own data "
+            "(test_env_config={'data': 'test.jsonl'}), point `data` at a directory with train/test files, or add "
+            "env_config 'split_fraction': 0.1 to hold out a seeded part of the file."
+        )
+    if overlap:
+        logger.warning("%d of %d held-out problems of %r are also training problems; the metric "
+                       "test_overlap_problems reports it.", overlap, len(held_out), config.env)
+    return overlap

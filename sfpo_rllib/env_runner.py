@@ -10,6 +10,8 @@ rollouts as an uninterrupted one.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from typing import Any, Sequence
 
@@ -24,6 +26,12 @@ from ray.rllib.utils.checkpoints import Checkpointable
 from sfpo_rllib.engines import SamplingParams
 from sfpo_rllib.engines.factory import make_engine
 from sfpo_rllib.env_factory import make_env
+
+logger = logging.getLogger(__name__)
+
+
+class RewardError(ValueError):
+    """A verifier raised, or returned something that is not a finite number."""
 
 
 class TextTask:
@@ -45,14 +53,35 @@ class TextTask:
         text, info = self.env.reset(options={"index": index})
         return text, info.get("messages") or [{"role": "user", "content": text}]
 
-    def score(self, completions: Sequence[str], indices: Sequence[int]) -> list[tuple[float, dict]]:
+    def _score(self, completions: Sequence[str], indices: Sequence[int]) -> list[tuple[Any, dict]]:
         if hasattr(self.base, "score"):  # batched (the code verifier runs a pool)
-            return [(float(v.reward), {"correct": v.correct, **v.info}) for v in self.base.score(completions, indices)]
+            return [(v.reward, {"correct": v.correct, **v.info}) for v in self.base.score(completions, indices)]
         out = []
         for completion, index in zip(completions, indices):
             self.env.reset(options={"index": index})
             _, reward, _, _, info = self.env.step(completion)
-            out.append((float(reward), info))
+            out.append((reward, dict(info or {})))
+        return out
+
+    def score(self, completions: Sequence[str], indices: Sequence[int]) -> list[tuple[float | None, dict]]:
+        """``(reward, info)`` per completion; where the verifier failed, ``(None, {"reward_error": why})``."""
+        try:
+            scored = self._score(completions, indices)
+        except Exception:  # the verifier is user code: find which example(s) it fails on
+            scored = []
+            for completion, index in zip(completions, indices):
+                try:
+                    scored.extend(self._score([completion], [index]))
+                except Exception as err:
+                    scored.append((None, {"reward_error": f"{type(err).__name__}: {err}"}))
+        out = []
+        for reward, info in scored:
+            if "reward_error" in info:
+                out.append((None, info))
+            elif isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
+                out.append((None, {"reward_error": f"returned reward {reward!r:.60}, not a finite number"}))
+            else:
+                out.append((float(reward), info))
         return out
 
 
@@ -123,9 +152,26 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
         t1 = time.perf_counter()
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         expanded = [int(i) for i in indices for _ in range(n)]
-        verdicts = task.score(texts, expanded)
+        verdicts = self._checked(task, task.score(texts, expanded), expanded)
         t2 = time.perf_counter()
         return prompts, completions, verdicts, expanded, t1 - t0, t2 - t1
+
+    def _checked(self, task: TextTask, verdicts: list, indices: Sequence[int]) -> list[tuple[float, dict]]:
+        """Verifier errors per `on_reward_error`: stop the run, or score 0 (``info["reward_error"]``)."""
+        failed = [(index, info["reward_error"]) for (reward, info), index in zip(verdicts, indices) if reward is None]
+        if failed and self.config.on_reward_error == "raise":
+            split = "held-out" if task is self._test_task else "training"
+            index, why = failed[0]
+            raise RewardError(
+                f"The verifier of env {self.config.env!r} failed on {split} example {index} ({why})"
+                f"{f'; {len(failed) - 1} more failed in this batch' if len(failed) > 1 else ''}. Fix the "
+                "reward function, or set on_reward_error='zero' to score such completions 0 (counted in "
+                "`reward_errors`)."
+            )
+        if failed:
+            logger.warning("env %r: %d verifier error(s) scored 0 (on_reward_error='zero'); first: example %d (%s)",
+                           self.config.env, len(failed), *failed[0])
+        return [(0.0, {**info, "correct": False}) if reward is None else (reward, info) for reward, info in verdicts]
 
     def sample(self, *, indices: Sequence[int] = (), seed: int = 0, **kwargs) -> dict[str, Any]:
         """G completions for each prompt index; returns plain per-completion records."""
@@ -141,6 +187,7 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
                     "reward": reward,
                     "correct": bool(info.get("correct", reward >= 1.0)),
                     "timed_out": bool(info.get("timed_out", False)),
+                    "reward_error": "reward_error" in info,
                     "stopped": bool(completion) and completion[-1] == self.eos_token_id,
                 }
             )
@@ -153,7 +200,8 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
         correct: dict[int, int] = {}
         for (reward, info), index in zip(verdicts, expanded):
             correct[index] = correct.get(index, 0) + int(bool(info.get("correct", reward >= 1.0)))
-        return {"correct": correct, "time_s": t_gen + t_verify}
+        errors = sum("reward_error" in info for _, info in verdicts)
+        return {"correct": correct, "reward_errors": errors, "time_s": t_gen + t_verify}
 
     def num_problems(self, split: str = "train") -> int:
         if split == "train":

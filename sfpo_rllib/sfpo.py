@@ -15,6 +15,7 @@ resumed run behaves exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -27,6 +28,7 @@ from ray.rllib.utils.metrics import LEARNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFET
 from sfpo_rllib.batch import build_learner_batches
 from sfpo_rllib.dynamic_sampling import collect_batch, extra_round_prompts
 from sfpo_rllib.entropy_trigger import EntropyTrigger
+from sfpo_rllib.env_factory import check_held_out_data
 from sfpo_rllib.sfpo_config import SFPOConfig
 
 TRAINING_ITERATION = "training_iteration"
@@ -48,8 +50,11 @@ class SFPO(Algorithm):
     def setup(self, config: SFPOConfig) -> None:
         from transformers import AutoTokenizer
 
-        # Build (or find) the model once here, before runners and learners load it.
+        # Build (or find) the model once here, before runners and learners load it; read the
+        # data once here too, so bad data or held-out = training data fails before any actor starts.
         model_path = config.resolved_model_path()
+        self.test_overlap = check_held_out_data(config) if config.test_interval else 0
+        self.runner_restarts = 0
         super().setup(config)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -68,20 +73,63 @@ class SFPO(Algorithm):
         return max(1, self.env_runner_group.num_remote_env_runners())
 
     def _on_runners(self, fn, per_runner: list) -> list:
-        """Call ``fn(runner, per_runner[i])`` on runner i (local when there are no remote ones)."""
-        remote = self.env_runner_group.num_remote_env_runners() > 0
+        """Call ``fn(runner, per_runner[i])`` on runner i (local when there are no remote ones).
+
+        A runner that died is restarted (RLlib's ``restart_failed_env_runners``), gets the
+        current weights, and is asked again: its answer is a function of its arguments and the
+        weights, so the run goes on exactly as if it had not failed. An exception inside ``fn``
+        is raised here with the runner's message (ValueErrors stay ValueErrors: bad data).
+        """
+        group = self.env_runner_group
+        remote = group.num_remote_env_runners() > 0
+        wanted = self._num_runners()
 
         def call(runner):
             slot = runner.worker_index - 1 if remote else 0
-            return (slot, fn(runner, per_runner[slot]) if slot < len(per_runner) else None)
+            if slot >= len(per_runner):
+                return slot, None, None
+            try:
+                return slot, fn(runner, per_runner[slot]), None
+            except Exception as err:  # returned, not raised: RLlib would log and drop it
+                logging.getLogger(__name__).exception("env runner %d failed", runner.worker_index)
+                user_error = isinstance(err, ValueError)  # bad data or a failing verifier: its message says it
+                return slot, None, (user_error, str(err) if user_error else f"{type(err).__name__}: {err}")
 
-        results = self.env_runner_group.foreach_env_runner(call, local_env_runner=not remote)
-        if len(results) != max(1, self.env_runner_group.num_remote_env_runners()):
+        answers: dict[int, Any] = {}
+        deadline = time.monotonic() + self.config.env_runner_restore_timeout_s
+        while True:
+            missing = [i for i in range(wanted) if i not in answers]
+            ids = [i + 1 for i in missing] if remote else None
+            for slot, result, error in group.foreach_env_runner(call, local_env_runner=not remote, remote_worker_ids=ids):
+                if error is not None:
+                    user_error, message = error
+                    raise (ValueError if user_error else RuntimeError)(
+                        message if user_error else f"env runner {slot + 1} failed: {message} (traceback in the log)")
+                answers[slot] = result
+            if len(answers) == wanted or not (remote and self.config.restart_failed_env_runners):
+                break
+            # Ray restarts a dead runner's actor (it rebuilds its model); wait until it answers.
+            while not self.restore_env_runners(group) and time.monotonic() < deadline:
+                time.sleep(1.0)
+            if time.monotonic() >= deadline:
+                break
+        if len(answers) != wanted:
             raise RuntimeError(
-                f"Only {len(results)} of {self._num_runners()} env runners answered; the others failed "
-                "(see their errors above in the log)."
+                f"Only {len(answers)} of {wanted} env runners answered; the others failed and were not back "
+                f"within `env_runner_restore_timeout_s` ({self.config.env_runner_restore_timeout_s} s) (see their "
+                "errors above in the log; restarts need `restart_failed_env_runners=True`)."
             )
-        return [result for _, result in sorted(results, key=lambda r: r[0])]
+        return [answers[i] for i in range(wanted)]
+
+    @override(Algorithm)
+    def restore_env_runners(self, env_runner_group) -> list[int]:
+        """Bring restarted runners back into the group with the learners' current weights."""
+        restored = env_runner_group.probe_unhealthy_env_runners() if env_runner_group.num_remote_env_runners() else []
+        if restored:
+            env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group,
+                                          to_worker_indices=restored, inference_only=True, timeout_seconds=None)
+            self.runner_restarts += len(restored)
+        return restored
 
     def _prompt_indices(self, iteration: int) -> np.ndarray:
         """Prompts of ``iteration`` (from 1): consecutive slices of per-epoch permutations."""
@@ -178,6 +226,7 @@ class SFPO(Algorithm):
                 "padding_efficiency": sum(x["real_tokens"] for x in stats) / max(1.0, sum(x["computed_tokens"] for x in stats)),
                 "truncated_fraction": float(np.mean([not r["stopped"] for r in sampled])),
                 "verifier_timeouts": int(sum(r["timed_out"] for r in sampled)),
+                "reward_errors": int(sum(r["reward_error"] for r in sampled)),
                 "time_generate_s": time_sample,
                 "time_verify_s": sum(time_verify),
                 "time_update_s": time_update,
@@ -214,6 +263,8 @@ class SFPO(Algorithm):
             "test_accuracy": float(sum(correct) / (len(correct) * k)),
             "test_pass_at_k": float(np.mean([n > 0 for n in correct])),
             "test_problems": len(correct),
+            "test_reward_errors": int(sum(out["reward_errors"] for out in outs)),
+            "test_overlap_problems": self.test_overlap,
             "time_test_s": time.perf_counter() - t0,
         }
 

@@ -30,6 +30,8 @@ CHAT_TEMPLATE_MODES = ("auto", "always", "none")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 MIXED_PRECISION_NAMES = ("no", "bf16", "fp16")
 LEARNER_STRATEGY_NAMES = ("ddp", "fsdp2")
+ON_REWARD_ERROR = ("raise", "zero")
+GRAD_CLIP_BY = ("value", "norm", "global_norm")
 
 
 class SFPOConfig(AlgorithmConfig):
@@ -91,6 +93,7 @@ class SFPOConfig(AlgorithmConfig):
         self.optimizer = "adamw"
         self.weight_decay = 0.01
         self.adam_betas = (0.9, 0.999)
+        self.on_reward_error = "raise"
         # --- policy and rollouts (generation()) ---
         self.model_name_or_path = TINY_MODEL_NAME
         self.model_dtype = "float32"
@@ -152,6 +155,7 @@ class SFPOConfig(AlgorithmConfig):
         optimizer=NotProvided,
         weight_decay=NotProvided,
         adam_betas=NotProvided,
+        on_reward_error=NotProvided,
         **kwargs,
     ) -> "SFPOConfig":
         """SFPO and GRPO training settings (plus RLlib's: lr, grad_clip, num_epochs, ...).
@@ -205,6 +209,9 @@ class SFPOConfig(AlgorithmConfig):
             optimizer: "adamw" (paper), "adam" or "sgd".
             weight_decay: optimizer weight decay.
             adam_betas: (β1, β2) for Adam/AdamW.
+            on_reward_error: what a verifier that raises, or returns None/NaN/a non-number,
+                does: "raise" (stop the run with the environment, example index and
+                error) or "zero" (reward 0, counted in the `reward_errors` metric).
         """
         super().training(**kwargs)
         for name, value in locals().items():
@@ -299,7 +306,10 @@ class SFPOConfig(AlgorithmConfig):
             test_interval: evaluate every this many iterations (0 = never).
             test_num_problems: the first N problems of the test split (None = all).
             test_samples_per_problem: samples per problem; accuracy is their mean.
-            test_env_config: env_config overrides for the held-out environment.
+            test_env_config: env_config overrides for the held-out environment. A run whose
+                held-out problems are all training problems (e.g. one data file read whole for
+                both) is refused before it starts; a partial overlap is reported in
+                `test_overlap_problems`.
         """
         for name, value in locals().items():
             if name != "self" and value is not NotProvided:
@@ -355,19 +365,50 @@ class SFPOConfig(AlgorithmConfig):
     # ----- validation -----------------------------------------------------------------
     @override(AlgorithmConfig)
     def validate(self) -> None:
-        super().validate()
-        if self.num_env_runners > 0:
-            # Remote runners do all sampling; a local one would be an idle model copy.
-            self.create_local_env_runner = False
+        # Ours first: RLlib's own checks raise TypeErrors (tracebacks) on wrongly typed values.
+        self._validate_rllib_settings()
         self._validate_sfpo()
         self._validate_batches()
         self._validate_generation()
         self._validate_scaling()
         self._validate_model_and_env()
+        super().validate()
+        if self.num_env_runners > 0:
+            # Remote runners do all sampling; a local one would be an idle model copy.
+            self.create_local_env_runner = False
 
     def _check(self, ok: bool, name: str, rule: str, fix: str) -> None:
         if not ok:
-            self._value_error(f"`{name}` ({getattr(self, name)!r}) {rule}. {fix}")
+            shown = repr(getattr(self, name))
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            self._value_error(f"`{name}` ({shown}) {rule}. {fix}")
+
+    def _validate_rllib_settings(self) -> None:
+        """The RLlib settings this algorithm uses, checked for type and range."""
+        self._check(_is_num(self.lr) and self.lr > 0 or _is_lr_schedule(self.lr), "lr",
+                    "must be > 0 (a number, or an RLlib schedule [[0, lr], [timestep, lr], ...])",
+                    "The paper uses 1e-6 for 1.5B-7B models.")
+        self._check(self.grad_clip is None or (_is_num(self.grad_clip) and self.grad_clip > 0), "grad_clip",
+                    "must be None (no clipping) or a number > 0", "Use 1.0.")
+        self._check(self.grad_clip_by in GRAD_CLIP_BY, "grad_clip_by", f"must be one of {GRAD_CLIP_BY}",
+                    "Use 'global_norm'.")
+        for name in ("num_learners", "num_env_runners"):
+            self._check(_is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "must be an int >= 0",
+                        "0 runs it in the driver process.")
+        self._check(self.num_cpus_per_learner == "auto" or (_is_num(self.num_cpus_per_learner)
+                    and self.num_cpus_per_learner > 0), "num_cpus_per_learner", "must be 'auto' or a number > 0",
+                    "Fractions such as 0.5 are fine.")
+        for name in ("num_cpus_per_env_runner", "num_gpus_per_learner", "num_gpus_per_env_runner"):
+            self._check(_is_num(getattr(self, name)) and getattr(self, name) >= 0, name, "must be a number >= 0",
+                        "Fractions such as 0.5 are fine.")
+        self._check(self.seed is None or _is_int(self.seed), "seed", "must be None or an int",
+                    "The same seed repeats a run exactly.")
+        for name in ("env_config", "test_env_config", "vllm_kwargs"):
+            self._check(isinstance(getattr(self, name), dict), name, "must be a dict of keyword arguments",
+                        "Use e.g. {} or {'data': 'train.jsonl'}.")
+        for name in ("env_config", "test_env_config"):
+            self._check(all(isinstance(k, str) for k in getattr(self, name)), name, "must have string keys",
+                        "Use the environment's keyword names as keys.")
 
     def _validate_sfpo(self) -> None:
         self._check(_is_int(self.fast_steps) and self.fast_steps >= 0, "fast_steps",
@@ -391,8 +432,11 @@ class SFPOConfig(AlgorithmConfig):
         self._check(_is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0", "Try 0.01.")
         self._check(_is_int(self.num_epochs) and self.num_epochs >= 1, "num_epochs", "must be an int >= 1",
                     "One epoch per pass is the paper's setting.")
-        if isinstance(self.lr, (int, float)):
-            self._check(self.lr > 0, "lr", "must be > 0", "The paper uses 1e-6 for 1.5B-7B models.")
+        self._check(isinstance(self.adam_betas, (list, tuple)) and len(self.adam_betas) == 2
+                    and all(_is_num(b) and 0 <= b < 1 for b in self.adam_betas), "adam_betas",
+                    "must be two numbers in [0, 1)", "Use [0.9, 0.999].")
+        self._check(self.on_reward_error in ON_REWARD_ERROR, "on_reward_error", f"must be one of {ON_REWARD_ERROR}",
+                    "'raise' stops at the first verifier error; 'zero' scores it 0 and counts it.")
 
     def _validate_loss_variants(self) -> None:
         self._check(self.loss_agg in LOSS_AGGREGATIONS, "loss_agg", f"must be one of {LOSS_AGGREGATIONS}",
@@ -454,17 +498,22 @@ class SFPOConfig(AlgorithmConfig):
                     "completions of the same prompt", "Use 8 as in the paper.")
         self._check(_is_int(batch) and batch > 0 and batch % g == 0, "train_batch_size_per_learner",
                     f"must be a positive multiple of `group_size` ({g}), counted in completions",
-                    f"Use e.g. {max(1, (batch or g) // g) * g}.")
+                    f"Use e.g. {max(1, batch // g if _is_int(batch) else 1) * g}.")
         if self.minibatch_size is None:
             self.minibatch_size = batch  # one minibatch per pass
         mb = self.minibatch_size
         self._check(_is_int(mb) and mb > 0 and mb % g == 0, "minibatch_size",
                     f"must be a positive multiple of `group_size` ({g}) (whole groups per minibatch)",
-                    f"Use e.g. {g * max(1, (mb or g) // g)}.")
+                    f"Use e.g. {g * max(1, mb // g if _is_int(mb) else 1)}.")
         self._check(batch % mb == 0, "minibatch_size",
                     f"must divide `train_batch_size_per_learner` ({batch})", f"Use e.g. {batch}.")
 
     def _validate_generation(self) -> None:
+        self._check(isinstance(self.gradient_checkpointing, bool), "gradient_checkpointing", "must be True or False",
+                    "Use True only for models too big for memory.")
+        self._check(self.torch_threads_per_runner is None or (_is_int(self.torch_threads_per_runner)
+                    and self.torch_threads_per_runner >= 1), "torch_threads_per_runner",
+                    "must be None or an int >= 1", "Use None for torch's default.")
         self._check(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "max_new_tokens",
                     "must be an int >= 1", "The paper uses 2560.")
         self._check(self.max_prompt_tokens is None or (_is_int(self.max_prompt_tokens) and self.max_prompt_tokens >= 1),
@@ -559,3 +608,10 @@ def _is_int(x: Any) -> bool:
 
 def _is_num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x)
+
+
+def _is_lr_schedule(x: Any) -> bool:
+    """RLlib's piecewise schedule: [[0, lr0], [timestep, lr1], ...] starting at timestep 0."""
+    return (isinstance(x, (list, tuple)) and len(x) >= 2
+            and all(isinstance(p, (list, tuple)) and len(p) == 2 and _is_int(p[0]) and _is_num(p[1]) and p[1] > 0
+                    for p in x) and x[0][0] == 0)
