@@ -390,7 +390,7 @@ class SFPOConfig(AlgorithmConfig):
                     "The paper uses 1e-6 for 1.5B-7B models.")
         self._check(self.grad_clip is None or (_is_num(self.grad_clip) and self.grad_clip > 0), "grad_clip",
                     "must be None (no clipping) or a number > 0", "Use 1.0.")
-        self._check(self.grad_clip_by in GRAD_CLIP_BY, "grad_clip_by", f"must be one of {GRAD_CLIP_BY}",
+        self._check(_is_name(self.grad_clip_by, GRAD_CLIP_BY), "grad_clip_by", f"must be one of {GRAD_CLIP_BY}",
                     "Use 'global_norm'.")
         for name in ("num_learners", "num_env_runners"):
             self._check(_is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "must be an int >= 0",
@@ -419,12 +419,12 @@ class SFPOConfig(AlgorithmConfig):
                     "must be an int >= 2", "The paper uses 30.")
         self._check(_is_num(self.entropy_z_threshold) and self.entropy_z_threshold > 0, "entropy_z_threshold",
                     "must be > 0", "The paper uses 1.0; use math.inf to never switch off.")
-        self._check(self.entropy_trigger in TRIGGER_RULES, "entropy_trigger",
+        self._check(_is_name(self.entropy_trigger, TRIGGER_RULES), "entropy_trigger",
                     f"must be one of {TRIGGER_RULES}", "'abs' is the paper's rule, 'rise' the authors' code.")
         self._validate_loss_variants()
         self._validate_dynamic_sampling()
         self._validate_lora()
-        self._check(self.optimizer in OPTIMIZER_NAMES, "optimizer", f"must be one of {OPTIMIZER_NAMES}",
+        self._check(_is_name(self.optimizer, OPTIMIZER_NAMES), "optimizer", f"must be one of {OPTIMIZER_NAMES}",
                     "The paper uses 'adamw'.")
         self._check(_is_num(self.clip_param) and self.clip_param > 0, "clip_param", "must be > 0", "The paper uses 0.2.")
         self._check(_is_num(self.kl_coeff) and self.kl_coeff >= 0, "kl_coeff", "must be >= 0", "The paper uses 0.")
@@ -435,15 +435,15 @@ class SFPOConfig(AlgorithmConfig):
         self._check(isinstance(self.adam_betas, (list, tuple)) and len(self.adam_betas) == 2
                     and all(_is_num(b) and 0 <= b < 1 for b in self.adam_betas), "adam_betas",
                     "must be two numbers in [0, 1)", "Use [0.9, 0.999].")
-        self._check(self.on_reward_error in ON_REWARD_ERROR, "on_reward_error", f"must be one of {ON_REWARD_ERROR}",
+        self._check(_is_name(self.on_reward_error, ON_REWARD_ERROR), "on_reward_error", f"must be one of {ON_REWARD_ERROR}",
                     "'raise' stops at the first verifier error; 'zero' scores it 0 and counts it.")
 
     def _validate_loss_variants(self) -> None:
-        self._check(self.loss_agg in LOSS_AGGREGATIONS, "loss_agg", f"must be one of {LOSS_AGGREGATIONS}",
+        self._check(_is_name(self.loss_agg, LOSS_AGGREGATIONS), "loss_agg", f"must be one of {LOSS_AGGREGATIONS}",
                     "'token-mean' is verl's default.")
         self._check(self.loss_agg_norm is None or (_is_num(self.loss_agg_norm) and self.loss_agg_norm > 0),
                     "loss_agg_norm", "must be None or > 0", "Use None for `max_new_tokens`, as Dr.GRPO.")
-        self._check(self.advantage_estimator in ADVANTAGE_ESTIMATORS, "advantage_estimator",
+        self._check(_is_name(self.advantage_estimator, ADVANTAGE_ESTIMATORS), "advantage_estimator",
                     f"must be one of {tuple(ADVANTAGE_ESTIMATORS)}", "'grpo' is GRPO's.")
         self._check(isinstance(self.advantage_std_norm, bool), "advantage_std_norm", "must be True or False",
                     "True is GRPO, False is Dr.GRPO.")
@@ -454,7 +454,7 @@ class SFPOConfig(AlgorithmConfig):
                     "clip_param_high", "must be None or > 0", "Use None for `clip_param`; DAPO uses 0.28.")
         self._check(self.clip_ratio_c is None or (_is_num(self.clip_ratio_c) and self.clip_ratio_c > 1),
                     "clip_ratio_c", "must be None (off) or > 1", "verl uses 3.0.")
-        self._check(self.kl_estimator in KL_ESTIMATORS, "kl_estimator", f"must be one of {tuple(KL_ESTIMATORS)}",
+        self._check(_is_name(self.kl_estimator, KL_ESTIMATORS), "kl_estimator", f"must be one of {tuple(KL_ESTIMATORS)}",
                     "'k3' is GRPO's.")
         self._check(self.tis_cap is None or (_is_num(self.tis_cap) and self.tis_cap > 0), "tis_cap",
                     "must be None (off) or > 0", "2.0 is common (verl, TRL).")
@@ -522,11 +522,11 @@ class SFPOConfig(AlgorithmConfig):
                     "Use 1.0 as in the paper (sampling needs a positive temperature).")
         self._check(_is_num(self.top_p) and 0 < self.top_p <= 1, "top_p", "must be in (0, 1]", "Use 1.0.")
         self._check(_is_int(self.top_k) and self.top_k >= 0, "top_k", "must be an int >= 0", "0 disables top-k.")
-        self._check(self.chat_template in CHAT_TEMPLATE_MODES, "chat_template", f"must be one of {CHAT_TEMPLATE_MODES}",
+        self._check(_is_name(self.chat_template, CHAT_TEMPLATE_MODES), "chat_template", f"must be one of {CHAT_TEMPLATE_MODES}",
                     "Use 'auto'.")
-        self._check(self.rollout_engine in ROLLOUT_ENGINE_NAMES, "rollout_engine",
+        self._check(_is_name(self.rollout_engine, ROLLOUT_ENGINE_NAMES), "rollout_engine",
                     f"must be one of {ROLLOUT_ENGINE_NAMES}", "Use 'hf' on CPU, 'vllm' on GPU.")
-        self._check(self.model_dtype in DTYPE_NAMES, "model_dtype", f"must be one of {DTYPE_NAMES}",
+        self._check(_is_name(self.model_dtype, DTYPE_NAMES), "model_dtype", f"must be one of {DTYPE_NAMES}",
                     "Use 'float32' on CPU, 'bfloat16' on GPU.")
         self._check(_is_int(self.generation_batch_size) and self.generation_batch_size >= 1,
                     "generation_batch_size", "must be an int >= 1", "Use 256.")
@@ -551,13 +551,13 @@ class SFPOConfig(AlgorithmConfig):
                     "micro_batch_size", "must be None or an int >= 1", "Use None for no limit, or e.g. 8.")
         self._check(self.logp_chunk_tokens is None or (_is_int(self.logp_chunk_tokens) and self.logp_chunk_tokens >= 1),
                     "logp_chunk_tokens", "must be None or an int >= 1", "Use 512.")
-        self._check(self.mixed_precision in MIXED_PRECISION_NAMES, "mixed_precision",
+        self._check(_is_name(self.mixed_precision, MIXED_PRECISION_NAMES), "mixed_precision",
                     f"must be one of {MIXED_PRECISION_NAMES}", "Use 'bf16' on GPUs, 'no' on CPU.")
         if self.mixed_precision != "no":
             self._check(self.model_dtype == "float32", "model_dtype",
                         f"must be 'float32' with mixed_precision={self.mixed_precision!r} (the fp32 master weights; "
                         "autocast computes in the low precision)", "Set model_dtype='float32'.")
-        self._check(self.learner_strategy in LEARNER_STRATEGY_NAMES, "learner_strategy",
+        self._check(_is_name(self.learner_strategy, LEARNER_STRATEGY_NAMES), "learner_strategy",
                     f"must be one of {LEARNER_STRATEGY_NAMES}", "Use 'ddp', or 'fsdp2' to shard a model too big for one device.")
         # FSDP2 shards and trains (sharding.py), but on CPU/gloo its 2-learner result is not yet
         # equal to DDP's (tests/test_learner_scaling.py, xfail): refuse it rather than train wrongly.
@@ -600,6 +600,11 @@ class SFPOConfig(AlgorithmConfig):
                 "cache; sfpo-rllib never downloads at run time. Download it first (huggingface-cli "
                 "download NAME) or pass a local checkpoint folder."
             )
+
+
+def _is_name(x: Any, names) -> bool:
+    """``x`` is one of ``names`` (a tuple or a registry dict); False for unhashable values."""
+    return isinstance(x, str) and x in names
 
 
 def _is_int(x: Any) -> bool:

@@ -20,7 +20,8 @@ from sfpo_rllib.env_factory import check_held_out_data
 RLLIB_SETTINGS = ["lr", "grad_clip", "grad_clip_by", "num_epochs", "minibatch_size", "train_batch_size_per_learner",
                   "num_learners", "num_env_runners", "num_cpus_per_learner", "num_cpus_per_env_runner", "seed",
                   "env_config"]
-OUR_SETTINGS = [name for setter in (SFPOConfig.training, SFPOConfig.generation, SFPOConfig.held_out_test)
+SETTERS = (SFPOConfig.training, SFPOConfig.generation, SFPOConfig.held_out_test, SFPOConfig.scaling)
+OUR_SETTINGS = [name for setter in SETTERS
                 for name in inspect.signature(setter).parameters if name not in ("self", "kwargs")]
 DICT_SETTINGS = {"env_config", "test_env_config", "vllm_kwargs"}
 WRONG_VALUE = {
@@ -35,7 +36,15 @@ WRONG_VALUE = {
     "grad_clip_by": "l2", "num_epochs": 0, "minibatch_size": 6, "train_batch_size_per_learner": 18,
     "num_learners": -1, "num_env_runners": -1, "num_cpus_per_learner": 0, "num_cpus_per_env_runner": -1,
     "seed": 1.5, "env_config": {1: 2},
+    "loss_agg_norm": 0, "advantage_estimator": "ppo", "advantage_std_norm": 1, "clip_param_low": 1.0,
+    "clip_param_high": 0, "clip_ratio_c": 1.0, "kl_estimator": "k4", "tis_cap": 0, "filter_groups": 1,
+    "max_sampling_rounds": -1, "mask_truncated": 1, "overlong_buffer": 8, "overlong_penalty": -1,
+    "lora_rank": -1, "lora_alpha": 0, "lora_target_modules": [], "lora_dropout": 1.0,
+    "max_tokens_per_micro_batch": 0, "micro_batch_size": 0, "logp_chunk_tokens": 0, "mixed_precision": "fp8",
+    "learner_strategy": "zero3",
 }
+# Settings that are only checked where they apply: the others they need.
+NEEDS = {"lora_alpha": {"lora_rank": 4}, "lora_target_modules": {"lora_rank": 4}, "lora_dropout": {"lora_rank": 4}}
 
 
 def test_the_table_covers_every_setter_setting():
@@ -56,7 +65,7 @@ def small(**settings):
 def test_every_setting_with_a_wrong_type_or_value_is_one_line_naming_it(name, kind):
     value = WRONG_VALUE[name] if kind == "value" else ("text" if name in DICT_SETTINGS else {"bad": 1})
     with pytest.raises(ValueError) as info:
-        small(**{name: value}).validate()
+        small(**NEEDS.get(name, {}), **{name: value}).validate()
     message = str(info.value).split("\nTo suppress all validation errors")[0]
     assert f"`{name}`" in message and "\n" not in message, message
 
