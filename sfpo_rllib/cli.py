@@ -3,6 +3,7 @@
   sfpo-rllib train --algo SFPO --env sfpo/Arithmetic-v0 --config '{"lr": 1e-4}' \\
       --stop-iters 50 --seed 0 --output runs/arith
   sfpo-rllib train file tuned_examples/arithmetic_sfpo.py --stop-iters 5 --output runs/x
+  sfpo-rllib compare --base tuned_examples/arithmetic_sfpo.py --arms ARMS.json --seeds 0,1,2 --output runs/cmp
 
 A tuned-example file defines ``config`` (an SFPOConfig) and may define ``stop_iters``;
 flags given on the command line override it. ``--config`` takes any setting by name,
@@ -16,6 +17,7 @@ import difflib
 import json
 import os
 import runpy
+import shlex
 import sys
 import time
 from typing import NoReturn
@@ -37,7 +39,25 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
     train.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_compare_parser(sub)
     return parser
+
+
+def _add_compare_parser(sub) -> None:
+    compare = sub.add_parser("compare", help="train several arms x seeds side by side; table, plots, report")
+    compare.add_argument("--base", help="tuned-example file every arm starts from (default: SFPO defaults)")
+    compare.add_argument("--env", help="gymnasium id (default: the base file's)")
+    compare.add_argument("--config", default="{}", help="JSON settings applied to every arm, on top of --base")
+    compare.add_argument("--arms", help="JSON file {name: settings} or Python file defining `arms`")
+    compare.add_argument("--arm", action="append", default=[], metavar="NAME=JSON",
+                         help="one arm, e.g. 'GRPO={\"algo\": \"GRPO\"}' (repeatable)")
+    compare.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (default 0,1,2)")
+    compare.add_argument("--iters", type=int, help="iterations per run (default: the base file's, else 40)")
+    compare.add_argument("--baseline", help="arm whose best mean accuracy is the target (default: the first arm)")
+    compare.add_argument("--target", type=float, help="target held-out accuracy in [0, 1] (default: the baseline's best)")
+    compare.add_argument("--output", required=True, help="output folder; finished runs in it are kept, not re-run")
+    compare.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
+    compare.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _fail(message: str) -> NoReturn:
@@ -120,10 +140,47 @@ def train(args: argparse.Namespace) -> None:
           f"model:   {os.path.join(output, 'final_model')}")
 
 
+def compare(args: argparse.Namespace) -> None:
+    from sfpo_rllib import compare as comparing
+
+    base_args = argparse.Namespace(source="file" if args.base else None, path=args.base, algo=None, env=args.env,
+                                   config=args.config, seed=None)
+    if not args.base and not args.env:
+        base_args.env = "sfpo/Arithmetic-v0"
+    base, file_stop_iters = build_config(base_args)
+    iters = args.iters or file_stop_iters or 40
+    if iters < 1:
+        _fail(f"--iters ({iters}) must be >= 1.")
+    if args.target is not None and not 0.0 <= args.target <= 1.0:
+        _fail(f"--target ({args.target}) must be an accuracy in [0, 1], e.g. 0.35.")
+    try:
+        arms = comparing.load_arms(args.arms, args.arm)
+        seeds = comparing.parse_seeds(args.seeds)
+        for name, settings in arms.items():  # every arm's settings checked before anything runs
+            comparing.arm_config(base, name, settings, seeds[0])
+    except ValueError as err:
+        _fail(str(err).split("\nTo suppress all validation errors")[0])
+
+    import ray
+
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        comparing.compare(base, arms, seeds=seeds, iters=iters, output=args.output, baseline=args.baseline,
+                          target=args.target, command="sfpo-rllib " + shlex.join(args.argv),
+                          progress=not args.no_progress)
+    except ValueError as err:
+        _fail(str(err))
+    finally:
+        ray.shutdown()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.command == "train":
         train(args)
+    elif args.command == "compare":
+        compare(args)
 
 
 if __name__ == "__main__":

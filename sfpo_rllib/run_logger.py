@@ -22,9 +22,12 @@ def _clean(value: Any) -> Any:
 
 
 class RunLogger:
-    def __init__(self, output_dir: str, *, resume_after: int | None = None):
+    """Writes rows with every field of ``fields`` (null where a row lacks it), plus any extra."""
+
+    def __init__(self, output_dir: str, *, fields: tuple[str, ...] = (), resume_after: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
+        self.fields = fields
         self.path = os.path.join(output_dir, "metrics.jsonl")
         os.makedirs(output_dir, exist_ok=True)
         if resume_after is None:
@@ -43,12 +46,12 @@ class RunLogger:
             f.writelines(kept)
 
     def log(self, row: dict[str, Any]) -> None:
-        row = {k: _clean(v) for k, v in row.items() if v is not None}
+        row = {**dict.fromkeys(self.fields), **{k: _clean(v) for k, v in row.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
         step = int(row["iteration"])
         for name, value in row.items():
-            if name != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if name != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool):  # not null
                 self.writer.add_scalar(f"sfpo/{name}", value, global_step=step)
         self.writer.flush()
 

@@ -27,14 +27,40 @@ from ray.rllib.utils.metrics import LEARNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFET
 from sfpo_rllib.batch import build_learner_batches
 from sfpo_rllib.entropy_trigger import EntropyTrigger
 from sfpo_rllib.sfpo_config import SFPOConfig
+from sfpo_rllib.sfpo_torch_learner import PASS_DIAGNOSTICS
 
 TRAINING_ITERATION = "training_iteration"
 SFPO_STATE = "sfpo"
 METRICS = "sfpo"  # results["sfpo"][name]: the per-iteration scalars of metrics.jsonl
 
+# The held-out test's fields (null on iterations without a test).
+TEST_FIELDS = ("test_accuracy", "test_pass_at_k", "test_problems", "time_test_s")
+# Learner loss diagnostics, per stage: fast_* (mean over the K fast passes, null when
+# there is no fast stage) and slow_* (the slow pass; GRPO's only pass).
+DIAGNOSTIC_FIELDS = tuple(f"{stage}_{name}" for stage in ("fast", "slow") for name in PASS_DIAGNOSTICS)
+# Every field of a metrics.jsonl row, in one place; a row gets null where a field is
+# undefined (e.g. entropy_z while the window fills, training fields in iteration 0).
+METRIC_FIELDS = (
+    "iteration", "rollouts", "reward_mean", "train_accuracy", "alpha", "fast_steps",
+    "entropy", "entropy_z", "switch_off_iteration", "reposition_distance", "optimizer_steps",
+    "completion_tokens", "completion_length_mean", "truncated_fraction", "groups_all_equal_reward",
+    "verifier_timeouts", *DIAGNOSTIC_FIELDS, *TEST_FIELDS,
+    "time_rollout_s", "time_generate_s", "time_verify_s", "time_update_s", "time_sync_s", "time_iteration_s",
+)
+
 
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _pass_diagnostics(stats: list[dict]) -> dict[str, float | None]:
+    """Per-stage loss diagnostics, averaged over learners (null where a stage did not run)."""
+    out = dict.fromkeys(DIAGNOSTIC_FIELDS)
+    for stage in ("fast", "slow"):
+        per_learner = [x["diagnostics"][stage] for x in stats]
+        for name in per_learner[0]:
+            out[f"{stage}_{name}"] = float(np.mean([d[name] for d in per_learner if name in d]))
+    return out
 
 
 class SFPO(Algorithm):
@@ -61,6 +87,7 @@ class SFPO(Algorithm):
         self.train_size = self._on_runners(lambda runner, _: runner.num_problems("train"), [None])[0]
         self.test_size = None
         self.test_due = False  # set by the CLI to force a test after the next iteration
+        # The run (CLI, compare) measures the starting model by calling run_test(iteration=0).
 
     # ----- runner plumbing --------------------------------------------------------------
     def _num_runners(self) -> int:
@@ -98,9 +125,8 @@ class SFPO(Algorithm):
     def training_step(self) -> None:
         c = self.config
         s = self.sfpo_iteration + 1
+        t_start = time.perf_counter()
         logged: dict[str, Any] = {"iteration": s}
-        if s == 1 and c.test_interval:
-            logged.update({f"{k}_initial": v for k, v in self.run_test(iteration=0).items()})
 
         # α = 0 whenever there is no fast stage (GRPO, or after the switch-off).
         alpha = self.trigger.alpha(s, c.reposition_alpha) if c.fast_steps > 0 else 0.0
@@ -114,7 +140,7 @@ class SFPO(Algorithm):
             chunks,
         )
         records = [r for sample in samples for r in sample["records"]]
-        time_sample = time.perf_counter() - t0
+        time_rollout = time.perf_counter() - t0
 
         t1 = time.perf_counter()
         batches, batch_stats = build_learner_batches(
@@ -139,7 +165,9 @@ class SFPO(Algorithm):
         stats = [r["sfpo"] for r in results]
         entropy = sum(x["entropy_sum"] for x in stats) / max(1.0, sum(x["num_tokens"] for x in stats))
         z = self.trigger.observe(s, entropy)
+        t2 = time.perf_counter()
         self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+        time_sync = time.perf_counter() - t2
         self.sfpo_iteration = s
         self.rollouts += len(records)
 
@@ -158,15 +186,20 @@ class SFPO(Algorithm):
                 "optimizer_steps": stats[0]["optimizer_steps"],
                 "truncated_fraction": float(np.mean([not r["stopped"] for r in records])),
                 "verifier_timeouts": int(sum(r["timed_out"] for r in records)),
-                "time_generate_s": time_sample,
+                **_pass_diagnostics(stats),
+                "time_rollout_s": time_rollout,
+                "time_generate_s": max(sample["time_generate_s"] for sample in samples),
                 "time_verify_s": max(sample["time_verify_s"] for sample in samples),
                 "time_update_s": time_update,
+                "time_sync_s": time_sync,
                 **batch_stats,
             }
         )
+        logged.update(dict.fromkeys(TEST_FIELDS))
         if c.test_interval and (s % c.test_interval == 0 or self.test_due):
             logged.update(self.run_test(iteration=s))
         self.test_due = False
+        logged["time_iteration_s"] = time.perf_counter() - t_start
         for name, value in logged.items():
             self.metrics.log_value((METRICS, name), value, reduce="item")
 

@@ -21,6 +21,7 @@ import ray
 from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 
 from sfpo_rllib.run_logger import RunLogger
+from sfpo_rllib.sfpo import METRIC_FIELDS
 
 _CHECKPOINT_RE = re.compile(r"^iteration_(\d+)$")
 
@@ -105,20 +106,19 @@ def run_training(
         if restore_from:
             algo.restore_from_path(restore_from)
         start = algo.sfpo_iteration
-        logger = RunLogger(output_dir, resume_after=start if restore_from else None)
+        logger = RunLogger(output_dir, fields=METRIC_FIELDS, resume_after=start if restore_from else None)
         with open(os.path.join(output_dir, "run_config.json"), "w") as f:
             json.dump({"algorithm": type(algo).__name__, "stop_iters": stop_iters, **_plain_settings(config)}, f, indent=1)
         last: dict[str, Any] = {}
+        if start == 0 and config.test_interval:  # iteration 0: the starting model
+            logger.log({"iteration": 0, "rollouts": 0, **algo.run_test(iteration=0)})
         bar = tqdm(range(start + 1, stop_iters + 1), initial=start, total=stop_iters, disable=not progress, unit="it")
         for s in bar:
             algo.test_due = s == stop_iters  # always measure the final model
-            row = {k: v for k, v in algo.train()["sfpo"].items() if v is not None}
-            initial = {k[: -len("_initial")]: row.pop(k) for k in list(row) if k.endswith("_initial")}
-            if initial:
-                logger.log({"iteration": 0, "rollouts": 0, **initial})
+            row = dict(algo.train()["sfpo"])
             logger.log(row)
             last = row
-            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", test=row.get("test_accuracy", "-"), alpha=row["alpha"])
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", test=row.get("test_accuracy") or "-", alpha=row["alpha"])
             if s % checkpoint_every == 0 or s == stop_iters:
                 algo.save_to_path(os.path.join(checkpoints, f"iteration_{s:06d}"))
                 _prune(checkpoints, keep_checkpoints)
