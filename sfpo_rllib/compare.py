@@ -56,9 +56,10 @@ def load_arms(path: str | None, flags: list[str]) -> dict[str, dict[str, Any]]:
             raise ValueError(f"--arms: {path} must hold an object of arm name -> settings object.")
         arms.update(found)
     for flag in flags:
-        name, sep, settings = flag.partition("=")
+        cut = flag.find("={")  # names may hold '=' ("SFPO K=3"); the settings start at '={'
+        name, settings = (flag[:cut], flag[cut + 1 :]) if cut >= 0 else (flag, "")
         try:
-            parsed = json.loads(settings) if sep else None
+            parsed = json.loads(settings) if settings else None
         except json.JSONDecodeError as err:
             raise ValueError(f"--arm {flag!r}: the settings are not valid JSON ({err}).") from None
         if not name or not isinstance(parsed, dict):
@@ -101,10 +102,13 @@ def run_all(base, arms: dict, seeds: list[int], iters: int, output: str, *, prog
     from sfpo_rllib.train_run import latest_checkpoint, run_training
 
     folders: dict[str, dict[int, str]] = {}
-    configs = {(name, seed): arm_config(base, name, settings, seed) for name, settings in arms.items() for seed in seeds}
+    # Seed-major: an interrupted comparison has every arm on the seeds it finished.
+    configs = {(name, seed): arm_config(base, name, settings, seed) for seed in seeds for name, settings in arms.items()}
+    for name in arms:
+        folders[name] = {}
     for (name, seed), config in configs.items():
         folder = os.path.join(output, "runs", _slug(name), f"seed_{seed}")
-        folders.setdefault(name, {})[seed] = folder
+        folders[name][seed] = folder
         identity = {"arm": name, "settings": arms[name], "seed": seed, "iters": iters}
         done = os.path.join(folder, DONE_FILE)
         if os.path.exists(done):
