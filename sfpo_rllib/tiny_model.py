@@ -433,11 +433,11 @@ def ensure_tiny_model(cache_dir: str | os.PathLike | None = None) -> Path:
                  f"cores: a {TinyModelSettings().steps}-step warm start, then calibration and a test) into {final}")
             build_tiny_model(tmp)
             report = json.loads((tmp / "warm_start.json").read_text())
-            settings = TinyModelSettings()
+            samples, problems = report["settings"]["eval_samples"], report["settings"]["eval_problems"]
             _say(f"built {TINY_MODEL_NAME} in {report['build_seconds']:.0f} s: test accuracy at temperature 1 "
-                 f"{100 * report['test_accuracy_t1']:.1f}%, pass@{settings.eval_samples} "
-                 f"{100 * report[f'test_pass_at_{settings.eval_samples}']:.1f}% "
-                 f"({settings.eval_problems} test problems; recorded in {final / 'warm_start.json'})")
+                 f"{100 * (report['test_accuracy_t1'] or 0):.1f}%, pass@{samples} "
+                 f"{100 * (report[f'test_pass_at_{samples}'] or 0):.1f}% "
+                 f"({problems} test problems; recorded in {final / 'warm_start.json'})")
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the cache is shared
