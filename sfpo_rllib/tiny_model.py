@@ -408,6 +408,19 @@ def _say(message: str) -> None:
     print(f"sfpo-rllib: {message}", file=sys.stderr, flush=True)
 
 
+def _say_built(report: dict, folder: Path) -> None:
+    """The build's own measured figures, as recorded in warm_start.json."""
+    settings = report.get("settings", {})
+    samples, accuracy = settings.get("eval_samples"), report.get("test_accuracy_t1")
+    pass_at = report.get(f"test_pass_at_{samples}")
+    if accuracy is None or pass_at is None:
+        _say(f"built {TINY_MODEL_NAME} ({folder / 'warm_start.json'})")
+        return
+    _say(f"built {TINY_MODEL_NAME} in {report.get('build_seconds', 0):.0f} s: test accuracy at temperature 1 "
+         f"{100 * accuracy:.1f}%, pass@{samples} {100 * pass_at:.1f}% ({settings.get('eval_problems')} test problems; "
+         f"recorded in {folder / 'warm_start.json'})")
+
+
 def ensure_tiny_model(cache_dir: str | os.PathLike | None = None) -> Path:
     """The cached tiny model's folder, built on first use.
 
@@ -432,12 +445,7 @@ def ensure_tiny_model(cache_dir: str | os.PathLike | None = None) -> Path:
             _say(f"building the embedded model {TINY_MODEL_NAME} (first use only; about 1.5-3 minutes on 2 CPU "
                  f"cores: a {TinyModelSettings().steps}-step warm start, then calibration and a test) into {final}")
             build_tiny_model(tmp)
-            report = json.loads((tmp / "warm_start.json").read_text())
-            samples, problems = report["settings"]["eval_samples"], report["settings"]["eval_problems"]
-            _say(f"built {TINY_MODEL_NAME} in {report['build_seconds']:.0f} s: test accuracy at temperature 1 "
-                 f"{100 * (report['test_accuracy_t1'] or 0):.1f}%, pass@{samples} "
-                 f"{100 * (report[f'test_pass_at_{samples}'] or 0):.1f}% "
-                 f"({problems} test problems; recorded in {final / 'warm_start.json'})")
+            _say_built(json.loads((tmp / "warm_start.json").read_text()), final)
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the cache is shared
