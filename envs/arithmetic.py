@@ -24,9 +24,21 @@ OPERATORS = ("+", "-")
 _ANSWER_RE = re.compile(r"^\s*(-?\d+)\s*$")
 
 
+SPLITS = ("train", "validation", "test")
+
+
 def split_of(question: str) -> str:
     """'test' for one problem in five (fixed by its text), else 'train'."""
     return "test" if zlib.crc32(question.encode()) % 5 == 0 else "train"
+
+
+def in_validation(question: str) -> bool:
+    """About one train-split problem in ten, fixed by its text: the validation split.
+
+    It is part of the training data (the train split is unchanged, so the embedded model's
+    warm start is too) and disjoint from test: select settings on it, report test once."""
+    crc = zlib.crc32(question.encode())
+    return crc % 5 != 0 and (crc // 5) % 10 == 0
 
 
 def solve(operands: list[int], operators: list[str]) -> tuple[str, int]:
@@ -51,15 +63,16 @@ def make_problem(rng: np.random.Generator, num_operands: int, max_operand: int) 
 def generate_problems(
     split: str, size: int, *, num_operands: int, max_operand: int, seed: int
 ) -> list[dict]:
-    """``size`` problems of ``split``: unique for 'test', drawn with repeats for 'train'."""
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    """``size`` problems of ``split``: unique for 'test' and 'validation', drawn with repeats for 'train'."""
+    rng = np.random.default_rng([seed, {"train": 0, "test": 1, "validation": 2}[split]])
     problems: list[dict] = []
     seen: set[str] = set()
     space = (max_operand + 1) ** num_operands * len(OPERATORS) ** (num_operands - 1)
-    if split == "test" and size > space // 5:
+    share = {"test": 5, "validation": 12}.get(split)
+    if share and size > space // share:
         raise ValueError(
-            f"`size` ({size}) asks for more unique test problems than the task has "
-            f"(about {space // 5} with num_operands={num_operands}, max_operand={max_operand}); "
+            f"`size` ({size}) asks for more unique {split} problems than the task has "
+            f"(about {space // share} with num_operands={num_operands}, max_operand={max_operand}); "
             "lower `size` or raise the difficulty."
         )
     attempts = 0
@@ -68,9 +81,12 @@ def generate_problems(
         if attempts > 100 * size + 10_000:
             raise RuntimeError(f"Could not draw {size} {split} problems; the task space is too small.")
         problem = make_problem(rng, num_operands, max_operand)
-        if split_of(problem["question"]) != split:
+        if split == "validation":
+            if not in_validation(problem["question"]):
+                continue
+        elif split_of(problem["question"]) != split:
             continue
-        if split == "test":
+        if split != "train":
             if problem["question"] in seen:
                 continue
             seen.add(problem["question"])
@@ -89,8 +105,9 @@ class ArithmeticEnv(VerifierEnv):
     """``sfpo/Arithmetic-v0``: left-to-right +/- chains, exact answer check.
 
     Args:
-        split: "train" or "test" (disjoint problem sets).
-        size: number of problems (default 20,000 train, 500 test).
+        split: "train" or "test" (disjoint problem sets), or "validation" (a fixed tenth of
+            the train split's problems, for choosing settings without touching test).
+        size: number of problems (default 20,000 train, 500 test or validation).
         num_operands: numbers per problem (2 = one step); the difficulty knob.
         max_operand: operands are drawn from 0..max_operand.
         seed: which problems are drawn (the train/test partition does not depend on it).
@@ -116,8 +133,8 @@ class ArithmeticEnv(VerifierEnv):
                 f"sfpo/Arithmetic-v0 is synthetic and takes no `data` (got {data!r}); "
                 "drop `data`, or use sfpo/Math-v0 to train on a file of problems."
             )
-        if split not in ("train", "test"):
-            raise ValueError(f"`split` ({split!r}) must be 'train' or 'test'.")
+        if split not in SPLITS:
+            raise ValueError(f"`split` ({split!r}) must be one of {', '.join(map(repr, SPLITS))}.")
         if not isinstance(num_operands, int) or num_operands < 2:
             raise ValueError(f"`num_operands` ({num_operands!r}) must be an int >= 2 (one step at least).")
         if not isinstance(max_operand, int) or max_operand < 1:

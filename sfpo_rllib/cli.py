@@ -3,6 +3,7 @@
   sfpo-rllib train --algo SFPO --env sfpo/Arithmetic-v0 --config '{"lr": 1e-4}' \\
       --stop-iters 50 --seed 0 --output runs/arith
   sfpo-rllib train file tuned_examples/arithmetic_sfpo.py --stop-iters 5 --output runs/x
+  sfpo-rllib compare --base tuned_examples/arithmetic_sfpo.py --arms ARMS.json --seeds 0,1,2 --output runs/cmp
 
 A tuned-example file defines ``config`` (an SFPOConfig) and may define ``stop_iters``;
 flags given on the command line override it. ``--config`` takes any setting by name,
@@ -16,6 +17,7 @@ import difflib
 import json
 import os
 import runpy
+import shlex
 import sys
 import time
 from typing import NoReturn
@@ -48,7 +50,55 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
     train.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_compare_parser(sub)
+    _add_evaluate_parser(sub)
     return parser
+
+
+def _add_evaluate_parser(sub) -> None:
+    ev = sub.add_parser("evaluate", help="avg@n and pass@k of a model or a run's checkpoints on held-out problems")
+    what = ev.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="a final_model/ folder or any local Hugging Face causal-LM checkpoint")
+    what.add_argument("--checkpoint", help="an RLlib checkpoint, or a run folder (every checkpoint; the best is named)")
+    ev.add_argument("--env", help="gymnasium id of the held-out task (default: the checkpoint's)")
+    ev.add_argument("--env-config", help="JSON env_config for --env, e.g. '{\"data\": \"test.jsonl\"}'")
+    ev.add_argument("--split", default="test", help="split passed to the environment (default test)")
+    ev.add_argument("--benchmarks", help="comma-separated: " + ", ".join(_benchmark_names()))
+    ev.add_argument("--benchmarks-dir", help="folder with the benchmark files (e.g. ../shared/data/benchmarks)")
+    ev.add_argument("--n", type=int, help="samples per problem (default 4, or the run's)")
+    ev.add_argument("--temperature", type=float, help="sampling temperature (default 1.0, or the run's)")
+    ev.add_argument("--top-p", type=float, help="nucleus sampling (default 0.7 as the SFPO authors validate, or the run's)")
+    ev.add_argument("--top-k", type=int, help="top-k sampling, 0 = off (default: the run's, else 0)")
+    ev.add_argument("--max-new-tokens", type=int, help="longest completion (default: the run's, else 2560)")
+    ev.add_argument("--engine", choices=["hf", "vllm"], help="rollout engine (default hf, or the run's)")
+    ev.add_argument("--num-problems", type=int, help="only the first N problems of each benchmark")
+    ev.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    ev.add_argument("--config", default="{}", help="JSON of further settings, e.g. '{\"model_dtype\": \"bfloat16\"}'")
+    ev.add_argument("--output", help="folder for results.json, results.csv and results.md")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _benchmark_names() -> list[str]:
+    from sfpo_rllib.evaluate import BENCHMARKS
+
+    return list(BENCHMARKS)
+
+
+def _add_compare_parser(sub) -> None:
+    compare = sub.add_parser("compare", help="train several arms x seeds side by side; table, plots, report")
+    compare.add_argument("--base", help="tuned-example file every arm starts from (default: SFPO defaults)")
+    compare.add_argument("--env", help="gymnasium id (default: the base file's)")
+    compare.add_argument("--config", default="{}", help="JSON settings applied to every arm, on top of --base")
+    compare.add_argument("--arms", help="JSON file {name: settings} or Python file defining `arms`")
+    compare.add_argument("--arm", action="append", default=[], metavar="NAME=JSON",
+                         help="one arm, e.g. 'GRPO={\"algo\": \"GRPO\"}' (repeatable)")
+    compare.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (default 0,1,2)")
+    compare.add_argument("--iters", type=int, help="iterations per run (default: the base file's, else 40)")
+    compare.add_argument("--baseline", help="arm whose best mean accuracy is the target (default: the first arm)")
+    compare.add_argument("--target", type=float, help="target held-out accuracy in [0, 1] (default: the baseline's best)")
+    compare.add_argument("--output", required=True, help="output folder; finished runs in it are kept, not re-run")
+    compare.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
+    compare.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _fail(message: str) -> NoReturn:
@@ -170,10 +220,84 @@ def train(args: argparse.Namespace) -> None:
           f"model:   {os.path.join(output, 'final_model')}")
 
 
+def compare(args: argparse.Namespace) -> None:
+    from sfpo_rllib import compare as comparing
+
+    base_args = argparse.Namespace(source="file" if args.base else None, path=args.base, algo=None, env=args.env,
+                                   config=args.config, seed=None)
+    if not args.base and not args.env:
+        base_args.env = "sfpo/Arithmetic-v0"
+    base, file_stop_iters = build_config(base_args)
+    iters = args.iters or file_stop_iters or 40
+    if iters < 1:
+        _fail(f"--iters ({iters}) must be >= 1.")
+    if args.target is not None and not 0.0 <= args.target <= 1.0:
+        _fail(f"--target ({args.target}) must be an accuracy in [0, 1], e.g. 0.35.")
+    try:
+        arms = comparing.load_arms(args.arms, args.arm)
+        seeds = comparing.parse_seeds(args.seeds)
+        for name, settings in arms.items():  # every arm's settings checked before anything runs
+            comparing.arm_config(base, name, settings, seeds[0])
+    except ValueError as err:
+        _fail(str(err).split("\nTo suppress all validation errors")[0])
+
+    import ray
+
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        comparing.compare(base, arms, seeds=seeds, iters=iters, output=args.output, baseline=args.baseline,
+                          target=args.target, command="sfpo-rllib " + shlex.join(args.argv),
+                          progress=not args.no_progress)
+    except ValueError as err:
+        _fail(str(err))
+    finally:
+        ray.shutdown()
+
+
+def _json_object(flag: str, text: str | None) -> dict | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        _fail(f"{flag} is not valid JSON ({err}): {text!r}")
+    if not isinstance(value, dict):
+        _fail(f"{flag} must be a JSON object, got {type(value).__name__}.")
+    return value
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from sfpo_rllib.evaluate import run_evaluate
+
+    for flag, value, low in (("--n", args.n, 1), ("--num-problems", args.num_problems, 1), ("--max-new-tokens", args.max_new_tokens, 1)):
+        if value is not None and value < low:
+            _fail(f"{flag} ({value}) must be >= {low}.")
+    if args.temperature is not None and args.temperature <= 0:
+        _fail(f"--temperature ({args.temperature}) must be > 0 (sampling; use a small value for near-greedy).")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        _fail(f"--top-p ({args.top_p}) must be in (0, 1].")
+    settings = _json_object("--config", args.config) or {}
+    try:
+        run_evaluate(
+            model=args.model, checkpoint=args.checkpoint, env=args.env, env_config=_json_object("--env-config", args.env_config),
+            split=args.split, benchmarks=args.benchmarks, benchmarks_dir=args.benchmarks_dir, n=args.n,
+            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+            engine=args.engine, num_problems=args.num_problems, seed=args.seed, settings=settings, output=args.output,
+            progress=not args.no_progress,
+        )
+    except ValueError as err:
+        _fail(str(err).split("\nTo suppress all validation errors")[0])
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.command == "train":
         train(args)
+    elif args.command == "compare":
+        compare(args)
+    elif args.command == "evaluate":
+        evaluate(args)
 
 
 if __name__ == "__main__":

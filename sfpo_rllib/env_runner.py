@@ -208,6 +208,12 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
             return len(self.train_task)
         return len(self._held_out_task())
 
+    def use_held_out_env(self, env_id: str, env_config: dict) -> None:
+        """Evaluate on ``make_env(env_id, env_config)`` from now on (``sfpo-rllib evaluate``)."""
+        if self._test_task is not None:
+            self._test_task.env.close()
+        self._test_task = TextTask(make_env(env_id, env_config))
+
     def _held_out_task(self) -> TextTask:
         """The held-out environment, made on first use (training-only runs never build it)."""
         if self._test_task is None:

@@ -26,10 +26,14 @@ def _clean(value: Any) -> Any:
 
 
 class RunLogger:
-    def __init__(self, output_dir: str, *, resume_after: int | None = None, restore_rows_from: str | None = None):
+    """Writes rows with every field of ``fields`` (null where a row lacks it), plus any extra."""
+
+    def __init__(self, output_dir: str, *, fields: tuple[str, ...] = (), resume_after: int | None = None,
+                 restore_rows_from: str | None = None):
         """``resume_after``: the checkpoint's iteration; ``restore_rows_from``: its copy of the rows."""
         from torch.utils.tensorboard import SummaryWriter
 
+        self.fields = fields
         self.path = os.path.join(output_dir, "metrics.jsonl")
         os.makedirs(output_dir, exist_ok=True)
         if resume_after is None:
@@ -57,12 +61,12 @@ class RunLogger:
         os.replace(tmp, self.path)
 
     def log(self, row: dict[str, Any]) -> None:
-        row = {k: _clean(v) for k, v in row.items() if v is not None}
+        row = {**dict.fromkeys(self.fields), **{k: _clean(v) for k, v in row.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
         step = int(row["iteration"])
         for name, value in row.items():
-            if name != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if name != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool):  # not null
                 self.writer.add_scalar(f"sfpo/{name}", value, global_step=step)
         self.writer.flush()
 

@@ -30,14 +30,45 @@ from sfpo_rllib.dynamic_sampling import collect_batch, extra_round_prompts
 from sfpo_rllib.entropy_trigger import EntropyTrigger
 from sfpo_rllib.env_factory import check_held_out_data
 from sfpo_rllib.sfpo_config import SFPOConfig
+from sfpo_rllib.sfpo_torch_learner import PASS_DIAGNOSTICS
 
 TRAINING_ITERATION = "training_iteration"
 SFPO_STATE = "sfpo"
 METRICS = "sfpo"  # results["sfpo"][name]: the per-iteration scalars of metrics.jsonl
 
+# The held-out test's fields (null on iterations without a test).
+TEST_FIELDS = (
+    "test_accuracy", "test_pass_at_k", "test_problems", "test_reward_errors", "test_overlap_problems", "time_test_s",
+)
+# Dynamic sampling's fields (filter_groups=True; null otherwise).
+SAMPLING_FIELDS = ("sampling_rounds", "groups_sampled", "groups_dropped", "groups_repeated", "groups_uninformative")
+# Learner loss diagnostics, per stage: fast_* (mean over the K fast passes, null when
+# there is no fast stage) and slow_* (the slow pass; GRPO's only pass).
+DIAGNOSTIC_FIELDS = tuple(f"{stage}_{name}" for stage in ("fast", "slow") for name in PASS_DIAGNOSTICS)
+# Every field of a metrics.jsonl row, in one place; a row gets null where a field is
+# undefined (e.g. entropy_z while the window fills, training fields in iteration 0).
+METRIC_FIELDS = (
+    "iteration", "rollouts", "reward_mean", "train_accuracy", "alpha", "fast_steps",
+    "entropy", "entropy_z", "switch_off_iteration", "reposition_distance", "optimizer_steps",
+    "completion_tokens", "completion_length_mean", "truncated_fraction", "groups_all_equal_reward",
+    "verifier_timeouts", "reward_errors", "overlong_penalty_mean", "padding_efficiency", *SAMPLING_FIELDS,
+    *DIAGNOSTIC_FIELDS, *TEST_FIELDS,
+    "time_rollout_s", "time_generate_s", "time_verify_s", "time_update_s", "time_sync_s", "time_iteration_s",
+)
+
 
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _pass_diagnostics(stats: list[dict]) -> dict[str, float | None]:
+    """Per-stage loss diagnostics, averaged over learners (null where a stage did not run)."""
+    out = dict.fromkeys(DIAGNOSTIC_FIELDS)
+    for stage in ("fast", "slow"):
+        per_learner = [x["diagnostics"][stage] for x in stats]
+        for name in per_learner[0]:
+            out[f"{stage}_{name}"] = float(np.mean([d[name] for d in per_learner if name in d]))
+    return out
 
 
 class SFPO(Algorithm):
@@ -67,6 +98,7 @@ class SFPO(Algorithm):
         self.train_size = self._on_runners(lambda runner, _: runner.num_problems("train"), [None])[0]
         self.test_size = None
         self.test_due = False  # set by the CLI to force a test after the next iteration
+        # The run (CLI, compare) measures the starting model by calling run_test(iteration=0).
 
     # ----- runner plumbing --------------------------------------------------------------
     def _num_runners(self) -> int:
@@ -147,9 +179,8 @@ class SFPO(Algorithm):
     def training_step(self) -> None:
         c = self.config
         s = self.sfpo_iteration + 1
+        t_start = time.perf_counter()
         logged: dict[str, Any] = {"iteration": s}
-        if s == 1 and c.test_interval:
-            logged.update({f"{k}_initial": v for k, v in self.run_test(iteration=0).items()})
 
         # α = 0 whenever there is no fast stage (GRPO, or after the switch-off).
         alpha = self.trigger.alpha(s, c.reposition_alpha) if c.fast_steps > 0 else 0.0
@@ -158,7 +189,7 @@ class SFPO(Algorithm):
         t0 = time.perf_counter()
         run_seed = self.run_seed  # closures shipped to runners must not capture `self`
         num_prompts = c.total_train_batch_size // c.group_size
-        time_verify = []  # per round: the slowest runner's verification time
+        time_verify, time_generate = [], []  # per round: the slowest runner's
 
         def sample_round(round_: int) -> list[dict]:
             """Round 0: the iteration's prompts; extra rounds (dynamic sampling): a keyed stream."""
@@ -174,10 +205,11 @@ class SFPO(Algorithm):
                 np.array_split(indices, self._num_runners()),
             )
             time_verify.append(max(sample["time_verify_s"] for sample in out))
+            time_generate.append(max(sample["time_generate_s"] for sample in out))
             return [r for sample in out for r in sample["records"]]
 
         records, sampled, sampling_stats = collect_batch(sample_round, c, num_groups=num_prompts)
-        time_sample = time.perf_counter() - t0
+        time_rollout = time.perf_counter() - t0
 
         t1 = time.perf_counter()
         batches, batch_stats = build_learner_batches(
@@ -205,7 +237,9 @@ class SFPO(Algorithm):
         stats = [r["sfpo"] for r in results]
         entropy = sum(x["entropy_sum"] for x in stats) / max(1.0, sum(x["num_tokens"] for x in stats))
         z = self.trigger.observe(s, entropy)
+        t2 = time.perf_counter()
         self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+        time_sync = time.perf_counter() - t2
         self.sfpo_iteration = s
         self.rollouts += len(sampled)
 
@@ -227,18 +261,24 @@ class SFPO(Algorithm):
                 "truncated_fraction": float(np.mean([not r["stopped"] for r in sampled])),
                 "verifier_timeouts": int(sum(r["timed_out"] for r in sampled)),
                 "reward_errors": int(sum(r["reward_error"] for r in sampled)),
-                "time_generate_s": time_sample,
+                **_pass_diagnostics(stats),
+                "time_rollout_s": time_rollout,
+                "time_generate_s": sum(time_generate),
                 "time_verify_s": sum(time_verify),
                 "time_update_s": time_update,
+                "time_sync_s": time_sync,
                 **batch_stats,
                 **sampling_stats,
             }
         )
-        if c.overlong_buffer is not None:
-            logged["overlong_penalty_mean"] = float(np.mean([r["reward"] - r["verifier_reward"] for r in sampled]))
+        logged["overlong_penalty_mean"] = (
+            float(np.mean([r["reward"] - r["verifier_reward"] for r in sampled])) if c.overlong_buffer is not None else None
+        )
+        logged.update(dict.fromkeys(TEST_FIELDS))
         if c.test_interval and (s % c.test_interval == 0 or self.test_due):
             logged.update(self.run_test(iteration=s))
         self.test_due = False
+        logged["time_iteration_s"] = time.perf_counter() - t_start
         for name, value in logged.items():
             self.metrics.log_value((METRICS, name), value, reduce="item")
 

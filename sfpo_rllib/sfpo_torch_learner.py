@@ -73,6 +73,18 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 OLD_LOGP = "old_logp"  # (B, C) log-probs under θ⁰, filled by the θ⁰ pass
 REF_LOGP = "ref_logp"  # (B, C) under the frozen reference model (only when kl_coeff > 0)
 
+# Loss diagnostics the learner logs per optimizer step (compute_loss_for_module, and
+# RLlib's gradient clipping for the norm), averaged per stage: "fast" over all K fast
+# passes, "slow" over the slow pass. Name here -> key under the module's metrics.
+PASS_DIAGNOSTICS = {
+    "policy_loss": "policy_loss",
+    "clipfrac": "clipfrac",
+    "approx_kl": "approx_kl",
+    "kl": "kl",
+    "grad_norm": "gradients_default_optimizer_global_norm",
+}
+_NOT_LOGGED = object()
+
 OPTIMIZERS = {
     "adamw": lambda params, c: torch.optim.AdamW(params, betas=tuple(c.adam_betas), weight_decay=c.weight_decay),
     "adam": lambda params, c: torch.optim.Adam(params, betas=tuple(c.adam_betas), weight_decay=c.weight_decay),
@@ -200,13 +212,14 @@ class SFPOTorchLearner(TorchLearner):
         params = self._trainable()
         distance = 0.0
         steps_before = self._optimizer_steps
+        diagnostics = {"fast": {}, "slow": {}}
         if alpha > 0.0 and fast_steps > 0:
             self._theta0.take(params)
             for _ in range(fast_steps):  # Stage I
-                self._pass(minibatches)
+                self._pass(minibatches, diagnostics["fast"])
             distance = self._theta0.distance(params)
             self._theta0.reposition(params, alpha)  # Stage II
-        self._pass(minibatches)  # Stage III (GRPO's only pass)
+        self._pass(minibatches, diagnostics["slow"])  # Stage III (GRPO's only pass)
         self.after_gradient_based_update(timesteps=timesteps or {})
         if self._fsdp():
             self._gather_full_state()
@@ -222,6 +235,10 @@ class SFPOTorchLearner(TorchLearner):
                 "real_tokens": layout["real_tokens"],
                 "computed_tokens": layout["computed_tokens"],
                 "padding_efficiency": layout["real_tokens"] / max(1.0, layout["computed_tokens"]),
+                "diagnostics": {
+                    stage: {name: float(np.mean(values)) for name, values in found.items()}
+                    for stage, found in diagnostics.items()
+                },
             },
         }
 
@@ -286,11 +303,19 @@ class SFPOTorchLearner(TorchLearner):
             completion_mask=mask, chunk_tokens=policy.logp_chunk_tokens,
         )
 
-    def _pass(self, minibatches: list[list[dict[str, torch.Tensor]]]) -> None:
-        """One SFPO 'step': ``num_epochs`` epochs over the minibatches, same order each time."""
+    def _pass(self, minibatches: list[list[dict[str, torch.Tensor]]], diagnostics: dict[str, list] | None = None) -> None:
+        """One SFPO 'step': ``num_epochs`` epochs over the minibatches, same order each time.
+
+        After each optimizer step the loss diagnostics it logged are appended to
+        ``diagnostics`` (read only, so the update itself is untouched)."""
         for _ in range(self.config.num_epochs):
             for micro_batches in minibatches:
                 self._update({DEFAULT_MODULE_ID: micro_batches})
+                if diagnostics is not None:
+                    for name, key in PASS_DIAGNOSTICS.items():
+                        value = self.metrics.peek((DEFAULT_MODULE_ID, key), default=_NOT_LOGGED)
+                        if value is not _NOT_LOGGED:
+                            diagnostics.setdefault(name, []).append(float(value))
 
     @override(TorchLearner)
     def _update(self, batch: dict[str, list[dict[str, torch.Tensor]]], **kwargs):

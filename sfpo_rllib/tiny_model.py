@@ -45,6 +45,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -224,7 +225,12 @@ def _warm_start(model, tokenizer, settings: TinyModelSettings, problems: list[di
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     model.train()
     loss = torch.tensor(float("nan"))
-    for step in range(settings.steps):
+    from tqdm import tqdm
+
+    # A newcomer's first run waits on this loop: show it (stderr; off when not a terminal).
+    bar = tqdm(range(settings.steps), desc="sfpo-tiny-arithmetic warm start", unit="step", leave=False,
+               disable=None, file=sys.stderr)
+    for step in bar:
         ids, labels = _batch(tokenizer, problems[step * settings.batch_size : (step + 1) * settings.batch_size])
         loss = model(input_ids=ids, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
@@ -233,6 +239,7 @@ def _warm_start(model, tokenizer, settings: TinyModelSettings, problems: list[di
         optimizer.step()
         schedule.step()
         if (step + 1) % 100 == 0 or step + 1 == settings.steps:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
             logger.info("tiny model warm start: step %d/%d, loss %.3f", step + 1, settings.steps, loss.item())
     model.eval()
     return float(loss.item())
@@ -396,6 +403,24 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _say(message: str) -> None:
+    """A progress line for the user: the build runs before any progress bar of the run."""
+    print(f"sfpo-rllib: {message}", file=sys.stderr, flush=True)
+
+
+def _say_built(report: dict, folder: Path) -> None:
+    """The build's own measured figures, as recorded in warm_start.json."""
+    settings = report.get("settings", {})
+    samples, accuracy = settings.get("eval_samples"), report.get("test_accuracy_t1")
+    pass_at = report.get(f"test_pass_at_{samples}")
+    if accuracy is None or pass_at is None:
+        _say(f"built {TINY_MODEL_NAME} ({folder / 'warm_start.json'})")
+        return
+    _say(f"built {TINY_MODEL_NAME} in {report.get('build_seconds', 0):.0f} s: test accuracy at temperature 1 "
+         f"{100 * accuracy:.1f}%, pass@{samples} {100 * pass_at:.1f}% ({settings.get('eval_problems')} test problems; "
+         f"recorded in {folder / 'warm_start.json'})")
+
+
 def ensure_tiny_model(cache_dir: str | os.PathLike | None = None) -> Path:
     """The cached tiny model's folder, built on first use.
 
@@ -409,12 +434,18 @@ def ensure_tiny_model(cache_dir: str | os.PathLike | None = None) -> Path:
     if (final / "warm_start.json").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{final.name}.lock"):
+    lock = root / f".{final.name}.lock"
+    if lock.exists() and not (final / "warm_start.json").is_file():
+        _say(f"waiting for another process that may be building {TINY_MODEL_NAME} into {final}")
+    with _file_lock(lock):
         if (final / "warm_start.json").is_file():  # another process built it while we waited
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
         try:
+            _say(f"building the embedded model {TINY_MODEL_NAME} (first use only; about 1.5-3 minutes on 2 CPU "
+                 f"cores: a {TinyModelSettings().steps}-step warm start, then calibration and a test) into {final}")
             build_tiny_model(tmp)
+            _say_built(json.loads((tmp / "warm_start.json").read_text()), final)
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the cache is shared

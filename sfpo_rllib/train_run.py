@@ -36,6 +36,7 @@ import ray
 from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 
 from sfpo_rllib.run_logger import RunLogger
+from sfpo_rllib.sfpo import METRIC_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -405,21 +406,20 @@ def run_training(
                 algo.run_seed = config.seed  # allowed change: the new seed from the next iteration on
             _apply_lr(algo)
         start = algo.sfpo_iteration
-        log = RunLogger(output_dir, resume_after=start if restore_from else None,
+        log = RunLogger(output_dir, fields=METRIC_FIELDS, resume_after=start if restore_from else None,
                         restore_rows_from=os.path.join(restore_from, CHECKPOINT_METRICS) if restore_from else None)
 
         last: dict[str, Any] = {}
+        if start == 0 and config.test_interval:  # iteration 0: the starting model
+            log.log({"iteration": 0, "rollouts": 0, **algo.run_test(iteration=0)})
         bar = tqdm(range(start + 1, stop_iters + 1), initial=start, total=stop_iters, disable=not progress, unit="it")
         for s in bar:
             algo.test_due = s == stop_iters  # always measure the final model
-            row = {k: v for k, v in algo.train()["sfpo"].items() if v is not None}
-            initial = {k[: -len("_initial")]: row.pop(k) for k in list(row) if k.endswith("_initial")}
-            if initial:
-                log.log({"iteration": 0, "rollouts": 0, **initial})
+            row = dict(algo.train()["sfpo"])
             log.log(row)
             last = row
             _crash_point("after_metrics", s)
-            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", test=row.get("test_accuracy", "-"), alpha=row["alpha"])
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", test=row.get("test_accuracy") or "-", alpha=row["alpha"])
             if s % checkpoint_every == 0 or s == stop_iters:
                 _save_checkpoint(algo, checkpoints, s, info, log.path)
                 _crash_point("after_checkpoint", s)

@@ -37,6 +37,21 @@ def test_run_writes_metrics_tensorboard_checkpoint_and_a_loadable_final_model(tm
     for key in ("rollouts", "reward_mean", "alpha", "entropy", "reposition_distance", "time_generate_s", "time_update_s"):
         assert key in rows[1], key
     assert rows[2]["rollouts"] == 32 and "test_accuracy" in rows[0] and "test_accuracy" in rows[2]
+    # Every row has every field, null where undefined (README, "Metrics").
+    from sfpo_rllib.sfpo import METRIC_FIELDS
+
+    assert all(set(row) == set(METRIC_FIELDS) for row in rows), [set(METRIC_FIELDS) ^ set(row) for row in rows]
+    assert rows[1]["entropy_z"] is None and rows[0]["reward_mean"] is None and rows[1]["test_accuracy"] is None
+    assert rows[0]["test_accuracy"] is not None and rows[2]["test_accuracy"] is not None
+    for stage in ("fast", "slow"):  # SFPO's default K=3: both stages ran, and their loss diagnostics are logged
+        for name in ("policy_loss", "clipfrac", "approx_kl", "grad_norm"):
+            assert isinstance(rows[1][f"{stage}_{name}"], float), (stage, name)
+        assert rows[1][f"{stage}_kl"] is None  # kl_coeff = 0: no KL term
+    assert rows[1]["fast_approx_kl"] > 0 and rows[1]["slow_grad_norm"] > 0
+    for name in ("time_rollout_s", "time_generate_s", "time_verify_s", "time_update_s", "time_sync_s", "time_iteration_s"):
+        assert rows[1][name] >= 0, name
+    assert rows[1]["time_generate_s"] <= rows[1]["time_rollout_s"] <= rows[1]["time_iteration_s"]
+    assert rows[2]["time_test_s"] > 0 and rows[1]["time_test_s"] is None
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
     assert (out / "checkpoints" / "iteration_000002" / "rllib_checkpoint.json").exists()
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,0 +1,36 @@
+"""The Tune sweep at a tiny size: ASHA trials are selected on the validation split, the
+chosen one is tested once on the test split, and the written tuned example loads."""
+
+import json
+import runpy
+
+from sfpo_envs.arithmetic import generate_problems, in_validation, split_of
+
+TINY = {"group_size": 4, "train_batch_size_per_learner": 16, "minibatch_size": 8, "max_new_tokens": 12,
+        "test_samples_per_problem": 2, "env_config": {"size": 300}}
+
+
+def test_validation_split_is_part_of_train_and_disjoint_from_test():
+    validation = generate_problems("validation", 300, num_operands=3, max_operand=20, seed=0)
+    test = {p["question"] for p in generate_problems("test", 300, num_operands=3, max_operand=20, seed=0)}
+    assert len({p["question"] for p in validation}) == 300
+    assert all(split_of(p["question"]) == "train" and in_validation(p["question"]) for p in validation)
+    assert not test & {p["question"] for p in validation}
+
+
+def test_sweep_selects_on_validation_tests_once_and_writes_a_runnable_example(tmp_path):
+    sweep = runpy.run_path("tuned_examples/sweep_k_alpha_tau.py")
+    out = tmp_path / "sweep"
+    result = sweep["main"](["--trials", "2", "--iters", "1", "--grace", "1", "--test-problems", "8",
+                            "--config", json.dumps(TINY), "--output", str(out)])
+    assert len(result["rows"]) == 2 and all(r["error"] is None for r in result["rows"])
+    for row in result["rows"]:  # every trial measured on validation, never on test
+        params = json.loads((next(p for p in (out / "tune").rglob("params.json") if row["checkpoint"].startswith(str(p.parent)))).read_text())
+        assert params["test_env_config"] == {"split": "validation"}
+    tested = json.loads((out / "best_test" / "results.json").read_text())
+    assert tested["tasks"]["sfpo/Arithmetic-v0"]["env_config"]["split"] == "test"
+    assert tested["models"][0]["model"] == result["best"]["checkpoint"]
+    assert "measured once" in (out / "sweep_results.md").read_text()
+    example = runpy.run_path(str(out / "best_config.py"))
+    assert example["config"].fast_steps == result["best"]["fast_steps"] and example["stop_iters"] == 1
+    assert example["config"].lr == result["best"]["lr"]
