@@ -440,7 +440,8 @@ class SFPOConfig(AlgorithmConfig):
 
     def _validate_loss_variants(self) -> None:
         self._check(_is_name(self.loss_agg, LOSS_AGGREGATIONS), "loss_agg", f"must be one of {LOSS_AGGREGATIONS}",
-                    "'token-mean' is verl's default.")
+                    "'token-mean' is verl's default and DAPO's; Dr.GRPO (TRL's 'dr_grpo') is "
+                    "'seq-mean-token-sum-norm' with advantage_std_norm=False.")
         self._check(self.loss_agg_norm is None or (_is_num(self.loss_agg_norm) and self.loss_agg_norm > 0),
                     "loss_agg_norm", "must be None or > 0", "Use None for `max_new_tokens`, as Dr.GRPO.")
         self._check(_is_name(self.advantage_estimator, ADVANTAGE_ESTIMATORS), "advantage_estimator",

@@ -5,7 +5,9 @@ Model:    sfpo-tiny-arithmetic (0.55M parameters); rank-8 adapters on every line
           the output head are the only trained parameters, so the θ⁰ snapshot and the
           reposition cover the adapters alone.
 Hardware: 2 CPU cores, no GPU (all-local: 0 env runners, 0 learners).
-Expected: see the README's "LoRA" section for the measured run.
+Expected: measured so far, reward stays flat at lr 1e-4 (and fell at 1e-3) on this model,
+          whose sharpening direction (the final norm) LoRA does not train; see the
+          README's LoRA section. The example shows the settings; it is not a tuned result.
 Time:     2-3 minutes on 2 cores, plus 2-3 minutes to build the model on first use.
 Outputs:  final_model/ (adapters merged, plain transformers) and final_adapter/ (PEFT).
 
