@@ -137,7 +137,8 @@ class SFPO(Algorithm):
         self.metrics.aggregate([r["learner"] for r in results], key=LEARNER_RESULTS)
 
         stats = [r["sfpo"] for r in results]
-        entropy = sum(x["entropy_sum"] for x in stats) / max(1.0, sum(x["num_tokens"] for x in stats))
+        num_tokens = max(1.0, sum(x["num_tokens"] for x in stats))
+        entropy = sum(x["entropy_sum"] for x in stats) / num_tokens
         z = self.trigger.observe(s, entropy)
         self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
         self.sfpo_iteration = s
@@ -161,6 +162,10 @@ class SFPO(Algorithm):
                 "time_generate_s": time_sample,
                 "time_verify_s": max(sample["time_verify_s"] for sample in samples),
                 "time_update_s": time_update,
+                # The engine's log π vs the learner's θ⁰ recompute, over completion tokens.
+                "rollout_logp_diff": sum(x["rollout_logp_diff_sum"] for x in stats) / num_tokens,
+                "rollout_logp_diff_max": max(x["rollout_logp_diff_max"] for x in stats),
+                "time_weight_sync_s": max(sample["time_weight_sync_s"] for sample in samples),
                 **batch_stats,
             }
         )

@@ -30,7 +30,7 @@ from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.learner.training_data import TrainingData
 from ray.rllib.utils.annotations import override
 
-from sfpo_rllib.batch import ADVANTAGES, MB_INDEX, MB_NUM_SEQS, MB_NUM_TOKENS
+from sfpo_rllib.batch import ADVANTAGES, MB_INDEX, MB_NUM_SEQS, MB_NUM_TOKENS, ROLLOUT_LOGP
 from sfpo_rllib.causal_lm_module import (
     ATTENTION_MASK,
     COMPLETION_MASK,
@@ -41,6 +41,7 @@ from sfpo_rllib.causal_lm_module import (
     load_causal_lm,
 )
 from sfpo_rllib.losses import aggregate, clipped_surrogate, kl_penalty
+from sfpo_rllib.rollout_agreement import minibatches_gap
 from sfpo_rllib.slow_fast import ParameterSnapshot
 
 OLD_LOGP = "old_logp"  # (B, C) log-probs under θ⁰, filled by the θ⁰ pass
@@ -105,6 +106,7 @@ class SFPOTorchLearner(TorchLearner):
         self.before_gradient_based_update(timesteps=timesteps or {})  # lr schedule: once
         self._weights_seq_no += 1
         entropy_sum, num_tokens = self._theta0_pass(minibatches)
+        rollout_gap = minibatches_gap(minibatches, OLD_LOGP, ROLLOUT_LOGP, COMPLETION_MASK)
 
         params = self._trainable()
         distance = 0.0
@@ -125,6 +127,7 @@ class SFPOTorchLearner(TorchLearner):
                 "num_tokens": num_tokens,
                 "reposition_distance": distance,
                 "optimizer_steps": self._optimizer_steps - steps_before,
+                **rollout_gap,
             },
         }
 
