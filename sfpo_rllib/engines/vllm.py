@@ -62,7 +62,10 @@ class VLLMEngine(RolloutEngine):
             raise ImportError(f"rollout_engine='vllm' needs vLLM, which is not importable ({err}); {INSTALL_HINT}.") from None
         self.eos_token_id = int(eos_token_id)
         self.model_path = model_path
-        kwargs: dict[str, Any] = {"enable_prefix_caching": True}  # the G samples of a prompt share its prefix
+        kwargs: dict[str, Any] = {
+            "enable_prefix_caching": True,  # the G samples of a prompt share its prefix
+            "skip_tokenizer_init": True,  # token ids in, token ids out: the runner tokenizes
+        }
         if current_platform.is_cpu():
             if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
                 kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
@@ -138,7 +141,9 @@ class VLLMEngine(RolloutEngine):
     def close(self) -> None:
         llm = self.__dict__.pop("llm", None)
         if llm is not None:
-            llm.llm_engine.engine_core.shutdown() if hasattr(llm.llm_engine, "engine_core") else None
+            core = getattr(llm.llm_engine, "engine_core", None)
+            if core is not None:
+                core.shutdown()
             del llm
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -153,7 +158,9 @@ def _explain(err: Exception, model_path: str, version: str) -> Exception:
             f"vLLM {version} cannot run the architecture of `model_name_or_path` ({model_path!r}"
             f"{', ' + arch.group(1) if arch else ''}); use rollout_engine='hf', or a vLLM version that supports it."
         )
-    if re.search(r"memory|KV cache|kv cache", text) and re.search(r"(not enough|insufficient|less than|larger than|exceed|cannot|Reduce|Decrease|increase)", text, re.I):
+    if re.search(r"memory|KV cache", text, re.I) and re.search(
+        r"not enough|insufficient|no available|less than|larger than|exceed|reduce|decrease|increas", text, re.I
+    ):
         return MemoryError(
             f"vLLM has too little memory for the KV cache of {model_path!r} ({text.splitlines()[0][:200]}); "
             "give it more through vllm_kwargs, e.g. {'kv_cache_memory_bytes': 4 * 2**30} on CPU or "
