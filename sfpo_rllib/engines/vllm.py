@@ -72,6 +72,7 @@ class VLLMEngine(RolloutEngine):
         else:
             kwargs["gpu_memory_utilization"] = 0.5  # the learner shares the GPU
         kwargs.update(llm_kwargs)
+        threads, set_threads = torch.get_num_threads(), torch.set_num_threads
         try:
             self.llm = LLM(
                 model=model_path,
@@ -83,6 +84,12 @@ class VLLMEngine(RolloutEngine):
             )
         except Exception as err:  # vLLM's errors are long; name the setting that fixes it
             raise _explain(err, model_path, vllm.__version__) from err
+        finally:
+            # vLLM's CPU worker drops this process to one torch thread and turns
+            # torch.set_num_threads into a no-op; in-process that would also starve a local
+            # learner. Give the process its threads (and the function) back.
+            torch.set_num_threads = set_threads
+            set_threads(threads)
 
     def generate(
         self, prompt_ids: Sequence[Sequence[int]], n: int, params: SamplingParams, seed: int
