@@ -136,7 +136,7 @@ def test_weights_follow_the_learner_through_repeated_syncs(engine, qwen2_path):
 
 @pytest.mark.vllm
 @needs_vllm
-def test_training_on_vllm_learns_and_engine_tracks_the_learner(tmp_path):
+def test_training_on_vllm_learns_and_engine_tracks_the_learner(tmp_path, ray_session):
     """SFPO at a high lr: reward rises, |log π_engine − log π_θ⁰| stays < 1e-2 every iteration,
     and final_model/ loads in vLLM and generates."""
     from vllm import LLM
