@@ -30,7 +30,9 @@ needs_vllm = pytest.mark.skipif(VLLM_MISSING is not None, reason=str(VLLM_MISSIN
 
 EOS = 1
 TEMPERATURE = 0.7
-ENGINE_ARGS = dict(eos_token_id=EOS, dtype="float32", enforce_eager=True)  # eager: no compile time in tests
+# Eager: no compile time in tests; a small KV cache: the machine is shared.
+VLLM_KWARGS = {"enforce_eager": True, "kv_cache_memory_bytes": 2**28}
+ENGINE_ARGS = dict(eos_token_id=EOS, dtype="float32", **VLLM_KWARGS)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +153,7 @@ def test_training_on_vllm_learns_and_engine_tracks_the_learner(tmp_path, ray_ses
         .environment("sfpo/Arithmetic-v0", env_config={"num_operands": 3, "max_operand": 20})
         .training(fast_steps=3, reposition_alpha=0.8, entropy_window=30, entropy_trigger="rise", group_size=8,
                   train_batch_size_per_learner=256, minibatch_size=128, lr=1e-4, weight_decay=0.0)
-        .generation(max_new_tokens=16, rollout_engine="vllm", vllm_kwargs={"enforce_eager": True})
+        .generation(max_new_tokens=16, rollout_engine="vllm", vllm_kwargs=VLLM_KWARGS)
         .held_out_test(test_interval=0)
         .debugging(seed=0)
     )
@@ -181,7 +183,7 @@ def test_remote_env_runner_runs_its_own_engine(tmp_path, ray_session):
         SFPOConfig()
         .environment("sfpo/Arithmetic-v0", env_config={"size": 2000})
         .training(fast_steps=0, group_size=4, train_batch_size_per_learner=32, minibatch_size=16, lr=3e-4)
-        .generation(max_new_tokens=12, rollout_engine="vllm", vllm_kwargs={"enforce_eager": True})
+        .generation(max_new_tokens=12, rollout_engine="vllm", vllm_kwargs=VLLM_KWARGS)
         .held_out_test(test_interval=0)
         .env_runners(num_env_runners=1, num_cpus_per_env_runner=0.5)
         .debugging(seed=3)
@@ -210,7 +212,7 @@ def test_startup_failures_are_one_line_naming_the_fix(qwen2_path, tmp_path):
     assert "\n" not in str(err.value)
 
     with pytest.raises(ValueError, match=r"KV cache .*kv_cache_memory_bytes") as err:
-        VLLMEngine(qwen2_path, **ENGINE_ARGS, kv_cache_memory_bytes=4096)
+        VLLMEngine(qwen2_path, **{**ENGINE_ARGS, "kv_cache_memory_bytes": 4096})
     assert "\n" not in str(err.value)
 
 
