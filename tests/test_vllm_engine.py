@@ -138,9 +138,9 @@ def test_weights_follow_the_learner_through_repeated_syncs(engine, qwen2_path):
 
 @pytest.mark.vllm
 @needs_vllm
-def test_training_on_vllm_learns_and_engine_tracks_the_learner(tmp_path, ray_session):
-    """SFPO at a high lr: reward rises, |log π_engine − log π_θ⁰| stays < 1e-2 every iteration,
-    and final_model/ loads in vLLM and generates."""
+def test_engine_tracks_the_learner_at_a_high_lr_and_final_model_serves(tmp_path, ray_session):
+    """SFPO at lr 1e-4 (over 3x the tuned example's): |log π_engine − log π_θ⁰| stays < 1e-2 on
+    every iteration (a stale engine would jump), and final_model/ loads in vLLM and generates."""
     from vllm import LLM
     from vllm import SamplingParams as VSamplingParams
 
@@ -151,27 +151,46 @@ def test_training_on_vllm_learns_and_engine_tracks_the_learner(tmp_path, ray_ses
     config = (
         SFPOConfig()
         .environment("sfpo/Arithmetic-v0", env_config={"num_operands": 3, "max_operand": 20})
-        .training(fast_steps=3, reposition_alpha=0.8, entropy_window=30, entropy_trigger="rise", group_size=8,
-                  train_batch_size_per_learner=256, minibatch_size=128, lr=1e-4, weight_decay=0.0)
+        .training(fast_steps=3, reposition_alpha=0.8, group_size=8, train_batch_size_per_learner=128,
+                  minibatch_size=64, lr=1e-4, weight_decay=0.0)
         .generation(max_new_tokens=16, rollout_engine="vllm", vllm_kwargs=VLLM_KWARGS)
         .held_out_test(test_interval=0)
         .debugging(seed=0)
     )
-    run_training(config, stop_iters=12, output_dir=str(tmp_path / "run"), progress=False)
+    run_training(config, stop_iters=8, output_dir=str(tmp_path / "run"), progress=False)
     rows = [r for r in read_metrics(str(tmp_path / "run" / "metrics.jsonl")) if r["iteration"] >= 1]
-    assert len(rows) == 12
+    assert len(rows) == 8
     diffs = [r["rollout_logp_diff"] for r in rows]
     assert all(0 <= d < 1e-2 for d in diffs), diffs
     assert all(r["rollout_logp_diff_max"] < 0.1 for r in rows), [r["rollout_logp_diff_max"] for r in rows]
     assert all(r["time_weight_sync_s"] > 0 for r in rows[1:])  # every iteration after the first synced
-    first = np.mean([r["reward_mean"] for r in rows[:3]])
-    last = np.mean([r["reward_mean"] for r in rows[-3:]])
-    assert last > first + 0.03, (first, last)
+    assert max(r["reposition_distance"] for r in rows) > 0  # the weights did move
 
     final = str(tmp_path / "run" / "final_model")
-    llm = LLM(model=final, dtype="float32", enforce_eager=True, kv_cache_memory_bytes=2**28)
+    llm = LLM(model=final, dtype="float32", **VLLM_KWARGS)
     out = llm.generate(["3 + 4 - 2 ="], VSamplingParams(max_tokens=8, temperature=0), use_tqdm=False)
     assert out[0].outputs[0].token_ids and isinstance(out[0].outputs[0].text, str)
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_tuned_example_learns_on_vllm(tmp_path, ray_session):
+    """The README's command on vLLM (held-out tests off to save time): the training reward
+    rises as on `hf`. Measured with this seed: mean reward of iterations 1-5 0.265, 36-40 0.331."""
+    import runpy
+
+    from sfpo_rllib.run_logger import read_metrics
+    from sfpo_rllib.train_run import run_training
+
+    example = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "tuned_examples", "arithmetic_sfpo.py"))
+    config = example["config"].copy(copy_frozen=False)
+    config.generation(rollout_engine="vllm", vllm_kwargs=VLLM_KWARGS).held_out_test(test_interval=0)
+    run_training(config, stop_iters=example["stop_iters"], output_dir=str(tmp_path / "run"), progress=False)
+    rows = [r for r in read_metrics(str(tmp_path / "run" / "metrics.jsonl")) if r["iteration"] >= 1]
+    assert all(r["rollout_logp_diff"] < 1e-2 for r in rows)
+    first = np.mean([r["reward_mean"] for r in rows[:5]])
+    last = np.mean([r["reward_mean"] for r in rows[-5:]])
+    assert last > first + 0.03, (first, last)
 
 
 @pytest.mark.vllm
