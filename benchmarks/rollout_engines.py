@@ -90,7 +90,8 @@ def main() -> None:
                 else:
                     hf_rate = float("nan")
                 rows.append((name, params_m, tokens, len(prompts) * G, hf_rate, v_n / v_s, startup, min(syncs)))
-                print(f"  {name}: {tokens} new tokens done", flush=True)
+                print(f"  {name}: {tokens} new tokens: hf {hf_rate:.0f} tok/s, vllm {v_n / v_s:.0f} tok/s, "
+                      f"sync {min(syncs):.3f} s", flush=True)
             vllm_engine.close()
 
     print(f"\n{'model':<11} {'params':>7} {'max_new':>7} {'completions':>11} {'hf tok/s':>9} "
