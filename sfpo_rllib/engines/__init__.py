@@ -1,5 +1,5 @@
-"""Rollout engines: transformers ``generate`` (CPU/GPU) and vLLM (GPU, optional extra)."""
+"""Rollout engines: transformers ``generate`` (CPU/GPU) and vLLM (CPU or GPU, optional extra)."""
 
-from sfpo_rllib.engines.base import RolloutEngine, SamplingParams
+from sfpo_rllib.engines.base import Completion, RolloutEngine, SamplingParams
 
-__all__ = ["RolloutEngine", "SamplingParams"]
+__all__ = ["Completion", "RolloutEngine", "SamplingParams"]

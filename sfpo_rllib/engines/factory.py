@@ -19,6 +19,7 @@ def make_engine(config, module, *, pad_token_id: int, eos_token_id: int):
             config.resolved_model_path(),
             eos_token_id=eos_token_id,
             dtype=config.model_dtype,
+            seed=config.seed if config.seed is not None else 0,
             **config.vllm_kwargs,
         )
     raise ValueError(f"Unknown `rollout_engine` {config.rollout_engine!r}; valid: {', '.join(ROLLOUT_ENGINES)}.")

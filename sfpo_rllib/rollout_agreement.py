@@ -1,0 +1,36 @@
+"""How far the rollout engine's log-probs are from the learner's, per iteration.
+
+The engine reports log π(token) for every token it sampled (batch column
+``rollout_logp``); the learner's θ⁰ pass recomputes the same quantity (``old_logp``)
+with the very weights the engine should have been given. Their gap is what verl logs as
+the rollout/actor probability difference: about 1e-6 when both run the same weights in
+fp32, around 1e-2 with bf16 kernels, and far larger when the engine samples from stale
+weights (a broken weight sync) or a different distribution (a temperature mismatch).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rollout_logp_gap(
+    old_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor
+) -> tuple[float, float]:
+    """(sum, max) of |old_logp - rollout_logp| over the completion tokens of one minibatch.
+
+    Sums, not means, so learners and minibatches combine exactly: the driver divides the
+    total by the number of completion tokens.
+    """
+    gap = (old_logp.float() - rollout_logp.float()).abs() * mask
+    if not bool(mask.any()):
+        return 0.0, 0.0
+    return float(gap.sum()), float(gap.max())
+
+
+def minibatches_gap(batches, old_key: str, rollout_key: str, mask_key: str) -> dict[str, float]:
+    """The learner's ``sfpo`` stats over all (micro-)batches of its shard."""
+    total, worst = 0.0, 0.0
+    for mb in batches:
+        s, m = rollout_logp_gap(mb[old_key], mb[rollout_key], mb[mask_key])
+        total, worst = total + s, max(worst, m)
+    return {"rollout_logp_diff_sum": total, "rollout_logp_diff_max": worst}
