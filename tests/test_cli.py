@@ -61,6 +61,7 @@ def test_run_writes_metrics_tensorboard_checkpoint_and_a_loadable_final_model(tm
     assert model.config.vocab_size >= len(tokenizer)
 
 
+@pytest.mark.slow
 def test_grpo_and_sfpo_with_alpha_zero_are_bit_identical_and_seeds_repeat(tmp_path):
     grpo = cli_train(tmp_path, "grpo", "--algo", "GRPO")
     sfpo = cli_train(tmp_path, "sfpo0", "--algo", "SFPO", config={"reposition_alpha": 0.0})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import gymnasium as gym
 import pytest
@@ -13,11 +12,9 @@ import pytest
 import sfpo_envs  # noqa: F401  (registers the ids)
 from sfpo_envs.code_env import CodeEnv, build_run, continuation, defines, extract_code
 
-# ../shared next to the repository, or wherever SFPO_BENCHMARKS points (e.g. from a worktree).
-BENCH = Path(os.environ.get("SFPO_BENCHMARKS") or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks")
+from conftest import BENCHMARKS as BENCH, needs_bench
 HUMANEVAL = BENCH / "humaneval.jsonl.gz"
 MBPP = BENCH / "mbpp_sanitized_test.jsonl"
-needs_bench = pytest.mark.skipif(not BENCH.is_dir(), reason=f"benchmark files not found at {BENCH}")
 
 # The slowest reference (MBPP amicable_numbers_sum) needs about 4 CPU-seconds; on a busy
 # 2-core machine that can take 10 s of wall clock.
@@ -136,6 +133,7 @@ def _failures(env, verdicts) -> list[str]:
 
 @needs_bench
 @pytest.mark.parametrize("path, size", [(HUMANEVAL, 164), (MBPP, 257)], ids=["humaneval", "mbpp"])
+@pytest.mark.slow
 def test_every_reference_solution_passes(path, size):
     env = gym.make(
         "sfpo/Code-v0", data=str(path), split="test", prompt_template="code", layout="auto",

@@ -44,6 +44,7 @@ def compare(out, *arms):
           "--iters", "1", "--output", str(out), "--num-cpus", "2", "--no-progress"])
 
 
+@pytest.mark.slow
 def test_compare_writes_report_plots_and_keeps_finished_runs(tmp_path, capsys):
     out = tmp_path / "cmp"
     arms = ["--arm", 'GRPO={"algo": "GRPO"}', "--arm", 'SFPO K=2={"algo": "SFPO", "fast_steps": 2}']

@@ -15,8 +15,7 @@ import pytest
 
 from sfpo_envs.datasets import LAYOUTS, last_boxed, load_examples
 
-BENCH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "benchmarks"
-needs_bench = pytest.mark.skipif(not BENCH.is_dir(), reason=f"benchmark files not found at {BENCH}")
+from conftest import BENCHMARKS as BENCH, needs_bench
 
 # file -> (layout auto-detection picks, rows, kind)
 BENCHMARKS = {

@@ -38,6 +38,7 @@ def test_score_counts_on_hand_made_counts():
         pass_at_k(4, 5, 1)
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_final_model_reproduces_the_runs_test_accuracy(tmp_path):
     settings = {"group_size": 4, "train_batch_size_per_learner": 16, "minibatch_size": 8, "lr": 3e-4,
                 "max_new_tokens": 12, "test_interval": 2, "test_num_problems": 64, "test_samples_per_problem": 4,

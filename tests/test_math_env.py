@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from pathlib import Path
 
 import gymnasium as gym
 import pyarrow as pa
@@ -16,7 +15,7 @@ import sfpo_envs  # noqa: F401  (registers sfpo/Math-v0)
 from sfpo_envs.math_env import MathEnv
 from sfpo_envs.templates import TEMPLATES, render, resolve_template
 
-BENCH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "benchmarks"
+from conftest import BENCHMARKS as BENCH, needs_bench
 HANG = "\\boxed{9^{9^{9^{9^{9}}}}}"
 ROWS = [
     {"question": "What is 1/2 + 1/4?", "answer": "\\frac{3}{4}"},
@@ -65,7 +64,7 @@ def test_score_batches_and_timeouts_off_the_main_thread(env):
     assert base.verifier.stats["timed_out"] == before + 1
 
 
-@pytest.mark.skipif(not BENCH.is_dir(), reason=f"benchmark files not found at {BENCH}")
+@needs_bench
 def test_benchmark_file_through_gymnasium_make():
     env = gym.make("sfpo/Math-v0", data=str(BENCH / "amc23_test.jsonl"), split="test", num_workers=1)
     try:

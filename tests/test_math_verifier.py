@@ -14,7 +14,7 @@ import pytest
 from sfpo_envs.datasets import load_examples
 from sfpo_envs.math_verifier import MathVerifier, check_answer
 
-BENCH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "benchmarks"
+from conftest import BENCHMARKS as BENCH, needs_bench
 MATH_BENCHMARKS = [
     "math500_test.jsonl",
     "aime24_test.jsonl",
@@ -58,7 +58,8 @@ def stated(answer: str) -> str:
     )
 
 
-@pytest.mark.skipif(not BENCH.is_dir(), reason=f"benchmark files not found at {BENCH}")
+@needs_bench
+@pytest.mark.slow
 def test_gold_answer_scores_1_on_99_percent_of_benchmark_problems(verifier):
     examples = [e for name in MATH_BENCHMARKS for e in load_examples(BENCH / name).examples]
     assert len(examples) == 2866
@@ -73,7 +74,7 @@ def test_gold_answer_scores_1_on_99_percent_of_benchmark_problems(verifier):
     assert len(failures) <= 0.01 * len(examples)
 
 
-@pytest.mark.skipif(not BENCH.is_dir(), reason=f"benchmark files not found at {BENCH}")
+@needs_bench
 def test_wrong_numeric_answer_scores_0(verifier):
     examples = [e for name in MATH_BENCHMARKS for e in load_examples(BENCH / name).examples[::10]]
     numeric = []

@@ -37,6 +37,7 @@ def plugin_package(tmp_path, monkeypatch):
     sys.modules.pop("my_verifiers", None)
 
 
+@pytest.mark.slow
 def test_training_on_a_plugged_in_reward_function(plugin_package, tmp_path):
     out = tmp_path / "run"
     settings = {"group_size": 4, "train_batch_size_per_learner": 16, "minibatch_size": 16,

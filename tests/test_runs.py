@@ -56,6 +56,7 @@ def error_of(argv, capsys):
     return err
 
 
+@pytest.mark.slow
 def test_kill_at_any_moment_then_resume_is_bit_identical(baseline, tmp_path):
     out = tmp_path / "crashed"
 
@@ -150,6 +151,7 @@ def test_pruning_and_resume_skip_what_this_run_did_not_write(tmp_path, caplog):
     assert "incomplete" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_killed_env_runner_is_restarted_and_the_run_stays_exact(ray_session):
     import ray
 

@@ -4,6 +4,8 @@ chosen one is tested once on the test split, and the written tuned example loads
 import json
 import runpy
 
+import pytest
+
 from sfpo_envs.arithmetic import generate_problems, in_validation, split_of
 
 TINY = {"group_size": 4, "train_batch_size_per_learner": 16, "minibatch_size": 8, "max_new_tokens": 12,
@@ -18,6 +20,7 @@ def test_validation_split_is_part_of_train_and_disjoint_from_test():
     assert not test & {p["question"] for p in validation}
 
 
+@pytest.mark.slow
 def test_sweep_selects_on_validation_tests_once_and_writes_a_runnable_example(tmp_path):
     sweep = runpy.run_path("tuned_examples/sweep_k_alpha_tau.py")
     out = tmp_path / "sweep"

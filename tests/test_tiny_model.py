@@ -47,6 +47,7 @@ def test_saved_model_loads_through_auto_classes(tiny_path):
     assert model(input_ids=ids).logits.shape == (1, 7, len(tok))
 
 
+@pytest.mark.slow
 def test_accuracy_is_partial_and_pass_at_8_is_high(tiny_path):
     """Measured here (not read from warm_start.json) on 256 test problems x 8 samples at temperature 1."""
     model = AutoModelForCausalLM.from_pretrained(tiny_path)

@@ -4,6 +4,8 @@ learner counts, seeds and resumption. Sizes are tiny; what is checked is exact."
 import subprocess
 import sys
 
+import pytest
+
 import torch
 from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 
@@ -48,6 +50,7 @@ def max_abs_diff(a, b):
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
+@pytest.mark.slow
 def test_two_ddp_learners_and_two_remote_runners_match_a_local_learner(ray_session):
     local, local_rows = train(tiny_config(learners=0, runners=2), iterations=2)
     ddp, ddp_rows = train(tiny_config(learners=2, runners=2), iterations=2)

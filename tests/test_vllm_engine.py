@@ -175,6 +175,7 @@ def test_engine_tracks_the_learner_at_a_high_lr_and_final_model_serves(tmp_path,
 @pytest.mark.vllm
 @needs_vllm
 @pytest.mark.timeout(1500)
+@pytest.mark.slow
 def test_tuned_example_learns_on_vllm(tmp_path, ray_session):
     """The README's command on vLLM (held-out tests off to save time): the training reward
     rises as on `hf`. Measured with this seed: mean reward of iterations 1-5 0.265, 36-40 0.331."""
