@@ -198,6 +198,20 @@ def test_mixed_precision_really_computes_in_bf16(random_llama):
     assert 1e-6 < diff < 0.1
 
 
+def test_fp16_mixed_precision_scales_the_loss_and_still_steps_like_fp32(random_llama):
+    batch = batches_for(uneven_records(seed=4))[0]
+    fp16 = learner_for(random_llama, optimizer="sgd", lr=0.5, mixed_precision="fp16", grad_clip=1.0)
+    fp32 = learner_for(random_llama, optimizer="sgd", lr=0.5, grad_clip=1.0)
+    before = params_of(fp32)
+    fp16.update(batch=copy.deepcopy(batch), alpha=0.0, fast_steps=0)
+    fp32.update(batch=copy.deepcopy(batch), alpha=0.0, fast_steps=0)
+    assert fp16._grad_scalers[DEFAULT_MODULE_ID].get_scale() > 1.0  # the loss really was scaled
+    step16 = {k: v - before[k] for k, v in params_of(fp16).items()}
+    step32 = {k: v - before[k] for k, v in params_of(fp32).items()}
+    assert max_diff(step32, {k: 0 * v for k, v in step32.items()}) > 1e-3
+    assert max_diff(step16, step32) < 0.05 * max(float(v.abs().max()) for v in step32.values())  # unscaled, clipped once
+
+
 # ----- settings -----------------------------------------------------------------------------
 @pytest.mark.parametrize("settings,message", [
     (dict(max_tokens_per_micro_batch=100), r"`max_tokens_per_micro_batch` \(100\) must hold the longest row"),
