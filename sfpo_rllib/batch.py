@@ -40,6 +40,8 @@ def pad_rows(records: Sequence[dict], pad_token_id: int) -> dict[str, np.ndarray
     input_ids = np.full((n, prompt_width + completion_width), pad_token_id, dtype=np.int64)
     attention = np.zeros((n, prompt_width + completion_width), dtype=np.int64)
     completion_mask = np.zeros((n, completion_width), dtype=np.float32)
+    # An engine that reports no log-probs (a plugged-in one) leaves the column out.
+    has_engine_logp = all(r.get("rollout_logp") is not None for r in records)
     rollout_logp = np.zeros((n, completion_width), dtype=np.float32)
     for i, r in enumerate(records):
         p, c = r["prompt_ids"], r["completion_ids"]
@@ -49,9 +51,12 @@ def pad_rows(records: Sequence[dict], pad_token_id: int) -> dict[str, np.ndarray
         # The mask comes from lengths, never from `ids != pad`: where pad == eos (Qwen)
         # that would drop the eos and the model would never learn to stop.
         completion_mask[i, : len(c)] = 1.0
-        if "rollout_logp" in r:
+        if has_engine_logp:
             rollout_logp[i, : len(c)] = r["rollout_logp"]
-    return {INPUT_IDS: input_ids, ATTENTION_MASK: attention, COMPLETION_MASK: completion_mask, ROLLOUT_LOGP: rollout_logp}
+    columns = {INPUT_IDS: input_ids, ATTENTION_MASK: attention, COMPLETION_MASK: completion_mask}
+    if has_engine_logp:  # else no column: a loss that needs it (tis_cap) says so, never reads zeros
+        columns[ROLLOUT_LOGP] = rollout_logp
+    return columns
 
 
 def build_learner_batches(

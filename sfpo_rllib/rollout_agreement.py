@@ -31,6 +31,8 @@ def minibatches_gap(batches, old_key: str, rollout_key: str, mask_key: str) -> d
     """The learner's ``sfpo`` stats over all (micro-)batches of its shard."""
     total, worst = 0.0, 0.0
     for mb in batches:
+        if rollout_key not in mb:  # the engine reported no log-probs: nothing to compare
+            return {"rollout_logp_diff_sum": None, "rollout_logp_diff_max": None}
         s, m = rollout_logp_gap(mb[old_key], mb[rollout_key], mb[mask_key])
         total, worst = total + s, max(worst, m)
     return {"rollout_logp_diff_sum": total, "rollout_logp_diff_max": worst}

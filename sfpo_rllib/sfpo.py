@@ -59,6 +59,16 @@ METRIC_FIELDS = (
 )
 
 
+def _rollout_agreement(stats: list[dict], num_tokens: float) -> dict[str, float | None]:
+    """Mean and max |log π_engine − log π_θ⁰| over all learners' tokens (null without engine log-probs)."""
+    if any(x["rollout_logp_diff_sum"] is None for x in stats):
+        return {"rollout_logp_diff": None, "rollout_logp_diff_max": None}
+    return {
+        "rollout_logp_diff": sum(x["rollout_logp_diff_sum"] for x in stats) / num_tokens,
+        "rollout_logp_diff_max": max(x["rollout_logp_diff_max"] for x in stats),
+    }
+
+
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
@@ -272,8 +282,7 @@ class SFPO(Algorithm):
                 "time_update_s": time_update,
                 "time_sync_s": time_sync,
                 # The engine's log π vs the learner's θ⁰ recompute, over completion tokens.
-                "rollout_logp_diff": sum(x["rollout_logp_diff_sum"] for x in stats) / num_tokens,
-                "rollout_logp_diff_max": max(x["rollout_logp_diff_max"] for x in stats),
+                **_rollout_agreement(stats, num_tokens),
                 "time_weight_sync_s": time_weight_sync[0],  # the runners' load of this iteration's weights
                 **batch_stats,
                 **sampling_stats,

@@ -21,14 +21,18 @@ from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.annotations import override
 
+from sfpo_rllib.causal_lm_module import DTYPES
+from sfpo_rllib.engines.factory import ROLLOUT_ENGINES
 from sfpo_rllib.entropy_trigger import TRIGGER_RULES
 from sfpo_rllib.losses import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS
+from sfpo_rllib.sfpo_torch_learner import AUTOCAST_DTYPES, OPTIMIZERS
 
-OPTIMIZER_NAMES = ("adamw", "adam", "sgd")
-ROLLOUT_ENGINE_NAMES = ("hf", "vllm")
+# Valid names, each owned by the code that implements them.
+OPTIMIZER_NAMES = tuple(OPTIMIZERS)
+ROLLOUT_ENGINE_NAMES = ROLLOUT_ENGINES
+DTYPE_NAMES = tuple(DTYPES)
+MIXED_PRECISION_NAMES = ("no", *AUTOCAST_DTYPES)
 CHAT_TEMPLATE_MODES = ("auto", "always", "none")
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
-MIXED_PRECISION_NAMES = ("no", "bf16", "fp16")
 LEARNER_STRATEGY_NAMES = ("ddp", "fsdp2")
 ON_REWARD_ERROR = ("raise", "zero")
 GRAD_CLIP_BY = ("value", "norm", "global_norm")
@@ -214,9 +218,68 @@ class SFPOConfig(AlgorithmConfig):
                 error) or "zero" (reward 0, counted in the `reward_errors` metric).
         """
         super().training(**kwargs)
-        for name, value in locals().items():
-            if name not in ("self", "kwargs", "__class__") and value is not NotProvided:
-                setattr(self, name, value)
+        if fast_steps is not NotProvided:
+            self.fast_steps = fast_steps
+        if reposition_alpha is not NotProvided:
+            self.reposition_alpha = reposition_alpha
+        if entropy_window is not NotProvided:
+            self.entropy_window = entropy_window
+        if entropy_z_threshold is not NotProvided:
+            self.entropy_z_threshold = entropy_z_threshold
+        if entropy_trigger is not NotProvided:
+            self.entropy_trigger = entropy_trigger
+        if group_size is not NotProvided:
+            self.group_size = group_size
+        if clip_param is not NotProvided:
+            self.clip_param = clip_param
+        if kl_coeff is not NotProvided:
+            self.kl_coeff = kl_coeff
+        if entropy_coeff is not NotProvided:
+            self.entropy_coeff = entropy_coeff
+        if loss_agg is not NotProvided:
+            self.loss_agg = loss_agg
+        if loss_agg_norm is not NotProvided:
+            self.loss_agg_norm = loss_agg_norm
+        if advantage_estimator is not NotProvided:
+            self.advantage_estimator = advantage_estimator
+        if advantage_std_norm is not NotProvided:
+            self.advantage_std_norm = advantage_std_norm
+        if clip_param_low is not NotProvided:
+            self.clip_param_low = clip_param_low
+        if clip_param_high is not NotProvided:
+            self.clip_param_high = clip_param_high
+        if clip_ratio_c is not NotProvided:
+            self.clip_ratio_c = clip_ratio_c
+        if kl_estimator is not NotProvided:
+            self.kl_estimator = kl_estimator
+        if tis_cap is not NotProvided:
+            self.tis_cap = tis_cap
+        if filter_groups is not NotProvided:
+            self.filter_groups = filter_groups
+        if max_sampling_rounds is not NotProvided:
+            self.max_sampling_rounds = max_sampling_rounds
+        if mask_truncated is not NotProvided:
+            self.mask_truncated = mask_truncated
+        if overlong_buffer is not NotProvided:
+            self.overlong_buffer = overlong_buffer
+        if overlong_penalty is not NotProvided:
+            self.overlong_penalty = overlong_penalty
+        if lora_rank is not NotProvided:
+            self.lora_rank = lora_rank
+        if lora_alpha is not NotProvided:
+            self.lora_alpha = lora_alpha
+        if lora_target_modules is not NotProvided:
+            self.lora_target_modules = lora_target_modules
+        if lora_dropout is not NotProvided:
+            self.lora_dropout = lora_dropout
+        if optimizer is not NotProvided:
+            self.optimizer = optimizer
+        if weight_decay is not NotProvided:
+            self.weight_decay = weight_decay
+        if adam_betas is not NotProvided:
+            self.adam_betas = adam_betas
+        if on_reward_error is not NotProvided:
+            self.on_reward_error = on_reward_error
         return self
 
     def generation(
@@ -256,9 +319,32 @@ class SFPOConfig(AlgorithmConfig):
                 gpu_memory_utilization, max_model_len, ...).
             torch_threads_per_runner: torch threads in each env runner (None = torch's default).
         """
-        for name, value in locals().items():
-            if name != "self" and value is not NotProvided:
-                setattr(self, name, value)
+        if model_name_or_path is not NotProvided:
+            self.model_name_or_path = model_name_or_path
+        if model_dtype is not NotProvided:
+            self.model_dtype = model_dtype
+        if gradient_checkpointing is not NotProvided:
+            self.gradient_checkpointing = gradient_checkpointing
+        if max_new_tokens is not NotProvided:
+            self.max_new_tokens = max_new_tokens
+        if max_prompt_tokens is not NotProvided:
+            self.max_prompt_tokens = max_prompt_tokens
+        if temperature is not NotProvided:
+            self.temperature = temperature
+        if top_p is not NotProvided:
+            self.top_p = top_p
+        if top_k is not NotProvided:
+            self.top_k = top_k
+        if chat_template is not NotProvided:
+            self.chat_template = chat_template
+        if rollout_engine is not NotProvided:
+            self.rollout_engine = rollout_engine
+        if generation_batch_size is not NotProvided:
+            self.generation_batch_size = generation_batch_size
+        if vllm_kwargs is not NotProvided:
+            self.vllm_kwargs = vllm_kwargs
+        if torch_threads_per_runner is not NotProvided:
+            self.torch_threads_per_runner = torch_threads_per_runner
         return self
 
     def scaling(
@@ -289,9 +375,16 @@ class SFPOConfig(AlgorithmConfig):
             learner_strategy: "ddp" (every learner holds the whole model) or "fsdp2"
                 (parameters, gradients, optimizer state and θ⁰ sharded over learners).
         """
-        for name, value in locals().items():
-            if name != "self" and value is not NotProvided:
-                setattr(self, name, value)
+        if max_tokens_per_micro_batch is not NotProvided:
+            self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
+        if micro_batch_size is not NotProvided:
+            self.micro_batch_size = micro_batch_size
+        if logp_chunk_tokens is not NotProvided:
+            self.logp_chunk_tokens = logp_chunk_tokens
+        if mixed_precision is not NotProvided:
+            self.mixed_precision = mixed_precision
+        if learner_strategy is not NotProvided:
+            self.learner_strategy = learner_strategy
         return self
 
     def held_out_test(
@@ -313,9 +406,14 @@ class SFPOConfig(AlgorithmConfig):
                 both) is refused before it starts; a partial overlap is reported in
                 `test_overlap_problems`.
         """
-        for name, value in locals().items():
-            if name != "self" and value is not NotProvided:
-                setattr(self, name, value)
+        if test_interval is not NotProvided:
+            self.test_interval = test_interval
+        if test_num_problems is not NotProvided:
+            self.test_num_problems = test_num_problems
+        if test_samples_per_problem is not NotProvided:
+            self.test_samples_per_problem = test_samples_per_problem
+        if test_env_config is not NotProvided:
+            self.test_env_config = test_env_config
         return self
 
     # ----- derived --------------------------------------------------------------------
