@@ -3,8 +3,8 @@
 Task:     sfpo/Arithmetic-v0 (left-to-right +/- chains, 3 operands in 0..20), exact verifier.
 Model:    sfpo-tiny-arithmetic, a 0.55M-parameter Llama built and warm-started on first use.
 Hardware: 2 CPU cores, no GPU (all-local: 0 env runners, 0 learners).
-Expected: held-out accuracy (200 test problems x 4 samples at temperature 1) rises by about
-          5 points in 40 iterations: +5.5 mean over seeds 0, 1, 2, from a start of 22-25%
+Expected: held-out accuracy (200 test problems x 4 samples at temperature 1) rises by 5 to 8
+          points in 40 iterations: +6.1 +- 1.4 over seeds 0, 1, 2, from a start of 22-25%
           that depends on the CPU the model was built on (README, "Measured so far", which
           also shows GRPO with 4 epochs gaining more at this lr). Re-measure over seeds with
           python benchmarks/sfpo_vs_grpo.py --lr 3e-5 --seeds 0,1,2 --output runs/cmp
