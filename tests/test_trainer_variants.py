@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
+from test_config_validation import valid
 from test_sfpo_learner import batch_for, learner_for, make_records, params_of
 
 from sfpo_rllib import SFPOConfig
@@ -15,15 +16,6 @@ from sfpo_rllib.batch import COMPLETION_MASK, MB_NUM_TOKENS, ROLLOUT_LOGP, build
 from sfpo_rllib.causal_lm_module import ATTENTION_MASK, INPUT_IDS, completion_logp_and_entropy, load_causal_lm
 from sfpo_rllib.dynamic_sampling import collect_batch, extra_round_prompts, overlong_penalty, shape_rewards
 from sfpo_rllib.lora import export, merged_state_dict
-
-
-def valid(model_dir):
-    return (
-        SFPOConfig()
-        .environment("sfpo/Arithmetic-v0")
-        .training(group_size=4, train_batch_size_per_learner=16, minibatch_size=8)
-        .generation(model_name_or_path=model_dir, max_new_tokens=8)
-    )
 
 
 @pytest.mark.parametrize(
