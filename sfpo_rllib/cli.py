@@ -22,6 +22,8 @@ import sys
 import time
 from typing import NoReturn
 
+from sfpo_rllib.quiet import quiet_model_load_bars
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors as our one line (argparse prints the usage text first)."""
@@ -292,6 +294,7 @@ def evaluate(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    quiet_model_load_bars()
     if args.command == "train":
         train(args)
     elif args.command == "compare":

@@ -8,6 +8,7 @@ record of those loggers (and Ray's own session logs under /tmp/ray) is untouched
 from __future__ import annotations
 
 import logging
+import os
 
 KNOWN_NOTICES = (
     # RLlib 2.60's own RLModule.__init__ always builds a deprecated RLModuleConfig for
@@ -38,3 +39,15 @@ def quiet_known_notices() -> None:
         logger = logging.getLogger(logger_name)
         if not any(isinstance(f, _DropKnownNotice) and f.fragment == fragment for f in logger.filters):
             logger.addFilter(_DropKnownNotice(fragment))
+
+
+def quiet_model_load_bars() -> None:
+    """For the CLI: drop transformers' per-load and per-save progress bars ("Loading weights",
+    "Writing model shards"). A run loads the policy several times (the module, each learner, the
+    final model), and those bars bury the run's own progress bar. The environment variable
+    reaches the Ray workers this process starts; nothing is downloaded here, so no download
+    progress is lost."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()

@@ -27,10 +27,17 @@ def cli_train(tmp_path, name, *extra, config=None):
     return out
 
 
-def test_run_writes_metrics_tensorboard_checkpoint_and_a_loadable_final_model(tmp_path, monkeypatch):
+def test_run_writes_metrics_tensorboard_checkpoint_and_a_loadable_final_model(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)  # a relative --output, as users type it
     main(["train", "--algo", "SFPO", "--env", "sfpo/Arithmetic-v0", "--config", json.dumps(SMALL), "--stop-iters", "2",
           "--seed", "3", "--output", "sfpo", "--num-cpus", "2", "--no-progress"])
+    # A quiet first screen: none of Ray's known notices, no per-load bars from transformers.
+    from sfpo_rllib.quiet import KNOWN_NOTICES
+
+    screen = "".join(capfd.readouterr())
+    for noise in ["Loading weights", "Writing model shards", *(fragment for _, fragment in KNOWN_NOTICES)]:
+        assert noise not in screen, noise
+    assert "done:" in screen
     out = tmp_path / "sfpo"
     rows = read_metrics(str(out / "metrics.jsonl"))
     assert [r["iteration"] for r in rows] == [0, 1, 2]
