@@ -53,14 +53,30 @@ class TextSpace(gym.Space[str]):
         return isinstance(other, TextSpace) and other.max_length == self.max_length
 
 
+# A verifier that reports only a reward (a plain reward function, a plain gymnasium env)
+# is read as "correct" exactly when the reward reaches this (the reward convention above).
+CORRECT_REWARD = 1.0
+
+
 @dataclass
 class Verdict:
-    """What a verifier concluded about one completion."""
+    """What a verifier concluded about one completion.
+
+    It travels unchanged from the environment to the trainer's rollout record.
+    """
 
     reward: float
     correct: bool
     # Explains the verdict: e.g. "extracted", "gold", "timed_out", "error".
     info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_reward(cls, reward: float, info: Mapping[str, Any] | None = None) -> "Verdict":
+        """The verdict of a verifier that reports a reward (and maybe ``info``), as a gymnasium
+        ``step()`` does: correct is ``info["correct"]`` where given, else reward >= CORRECT_REWARD."""
+        info = dict(info or {})
+        correct = bool(info.pop("correct")) if "correct" in info else reward >= CORRECT_REWARD
+        return cls(reward=reward, correct=correct, info=info)
 
 
 class VerifierEnv(gym.Env, abc.ABC):
@@ -210,4 +226,4 @@ class RewardFnEnv(VerifierEnv):
                 f"`reward_fn` returned {reward} for completion {completion[:80]!r}; "
                 "rewards must be finite floats."
             )
-        return Verdict(reward=reward, correct=reward >= 1.0, info={})
+        return Verdict.from_reward(reward)
