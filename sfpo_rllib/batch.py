@@ -32,6 +32,12 @@ from sfpo_rllib.columns import (
 from sfpo_rllib.losses import group_advantages
 
 
+def pad_token_of(tokenizer) -> int:
+    """The id that pads rows: the tokenizer's pad token, else its eos (safe: masks come from
+    lengths, never from comparing ids with the pad id)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def pad_rows(records: Sequence[Rollout], pad_token_id: int) -> dict[str, np.ndarray]:
     """[left-padded prompt | right-padded completion] rows, as the module expects."""
     prompt_width = max(len(r.prompt_ids) for r in records)

@@ -25,6 +25,7 @@ from ray.rllib.utils.checkpoints import Checkpointable
 
 from sfpo_envs.base import Verdict
 
+from sfpo_rllib.batch import pad_token_of
 from sfpo_rllib.columns import Rollout
 from sfpo_rllib.engines import SamplingParams
 from sfpo_rllib.engines.factory import make_engine
@@ -116,7 +117,7 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
         self.eos_token_id = self.tokenizer.eos_token_id
         if self.eos_token_id is None:
             raise ValueError(f"The tokenizer of `model` ({self.config.model_name_or_path!r}) has no eos token; set one.")
-        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
+        self.pad_token_id = pad_token_of(self.tokenizer)
         torch.set_num_threads(max(1, int(self.config.torch_threads_per_runner or torch.get_num_threads())))
         self.train_task = TextTask(make_env(self.config.env, self.config.env_config))
         self.module = self.config.get_rl_module_spec(spaces=self.get_spaces(), inference_only=True).build()

@@ -25,7 +25,7 @@ from ray.rllib.core import COMPONENT_LEARNER_GROUP, COMPONENT_METRICS_LOGGER
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import LEARNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-from sfpo_rllib.batch import build_learner_batches
+from sfpo_rllib.batch import build_learner_batches, pad_token_of
 from sfpo_rllib.columns import Rollout
 from sfpo_rllib.dynamic_sampling import collect_batch, extra_round_prompts
 from sfpo_rllib.entropy_trigger import EntropyTrigger
@@ -101,7 +101,7 @@ class SFPO(Algorithm):
         self.runner_restarts = 0
         super().setup(config)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = pad_token_of(tokenizer)
         self.trigger = EntropyTrigger(
             window=config.entropy_window, z_threshold=config.entropy_z_threshold, rule=config.entropy_trigger
         )
