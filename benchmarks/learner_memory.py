@@ -82,19 +82,20 @@ def run_one(model: str, path: str, completions: int, length: int) -> dict:
     import torch
     from ray.rllib.core import DEFAULT_MODULE_ID
 
-    from sfpo_envs import TextSpace
+    from sfpo_envs import TextSpace, Verdict
     from sfpo_rllib import SFPOConfig
     from sfpo_rllib.batch import build_learner_batches
+    from sfpo_rllib.columns import Rollout
 
     torch.set_num_threads(2)
     bounded = path == "bounded"
     rng = np.random.default_rng(0)
     records = [
-        {
-            "prompt_ids": rng.integers(2, VOCAB, size=int(rng.integers(32, 97))).tolist(),
-            "completion_ids": rng.integers(2, VOCAB, size=int(rng.integers(length // 4, length + 1))).tolist(),
-            "reward": float(rng.random()),
-        }
+        Rollout(
+            prompt_ids=rng.integers(2, VOCAB, size=int(rng.integers(32, 97))).tolist(),
+            completion_ids=rng.integers(2, VOCAB, size=int(rng.integers(length // 4, length + 1))).tolist(),
+            verdict=Verdict.from_reward(float(rng.random())),
+        )
         for _ in range(completions)
     ]
     config = (
@@ -118,7 +119,7 @@ def run_one(model: str, path: str, completions: int, length: int) -> dict:
     t1 = time.perf_counter()
     learner._pass(minibatches)
     t2 = time.perf_counter()
-    tokens = sum(len(r["completion_ids"]) for r in records)
+    tokens = sum(len(r.completion_ids) for r in records)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "path": path, "completions": completions, "length": length, "tokens": tokens,

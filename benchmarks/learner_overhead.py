@@ -25,8 +25,9 @@ import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
 
 from sfpo_rllib import GRPOConfig
-from sfpo_rllib.batch import ADVANTAGES, MB_INDEX, MB_NUM_SEQS, MB_NUM_TOKENS, build_learner_batches
-from sfpo_rllib.causal_lm_module import ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS, completion_logp_and_entropy
+from sfpo_rllib.batch import build_learner_batches
+from sfpo_rllib.causal_lm_module import completion_logp_and_entropy
+from sfpo_rllib.columns import ADVANTAGES, ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS, MB_INDEX, MB_NUM_SEQS, MB_NUM_TOKENS
 from sfpo_rllib.losses import clipped_surrogate
 from sfpo_rllib.slow_fast import ParameterSnapshot
 

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from sfpo_rllib.lora import apply_lora, parameter_counts
-from sfpo_rllib.tiny_model import TINY_MODEL_NAME, resolve_model
+from sfpo_rllib.model_cache import TINY_MODEL_NAME, resolve_model
 
 # Published architectures (config.json of the hub checkpoints), so nothing is downloaded.
 ARCHITECTURES = {

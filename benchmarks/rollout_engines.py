@@ -66,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from sfpo_rllib.engines.vllm import VLLMEngine
-    from sfpo_rllib.tiny_model import TINY_MODEL_NAME, resolve_model
+    from sfpo_rllib.model_cache import TINY_MODEL_NAME, resolve_model
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

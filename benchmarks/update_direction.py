@@ -22,11 +22,12 @@ import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
 from transformers import AutoTokenizer
 
-from sfpo_envs import TextSpace
+from sfpo_envs import TextSpace, Verdict
 from sfpo_envs.arithmetic import extract_answer, generate_problems
 from sfpo_rllib import GRPOConfig
-from sfpo_rllib.batch import ADVANTAGES, build_learner_batches
-from sfpo_rllib.causal_lm_module import ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS, completion_logp_and_entropy
+from sfpo_rllib.batch import build_learner_batches
+from sfpo_rllib.causal_lm_module import completion_logp_and_entropy
+from sfpo_rllib.columns import ADVANTAGES, ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS, Rollout
 from sfpo_rllib.engines import SamplingParams
 from sfpo_rllib.engines.hf import HFGenerateEngine
 
@@ -56,8 +57,7 @@ def probe(lr: float, updates: int) -> list[tuple[float, float, float]]:
         return completions, rewards
 
     completions, rewards = rollout(1)
-    records = [{"prompt_ids": prompts[i // G], "completion_ids": c, "reward": r}
-               for i, (c, r) in enumerate(zip(completions, rewards))]
+    records = [Rollout(prompts[i // G], list(c), Verdict.from_reward(r)) for i, (c, r) in enumerate(zip(completions, rewards))]
     (batch,), _ = build_learner_batches(records, group_size=G, num_learners=0, minibatch_size_per_learner=128,
                                         pad_token_id=tokenizer.pad_token_id)
     shard = batch.policy_batches[DEFAULT_MODULE_ID]

@@ -22,6 +22,9 @@ from typing import Any, Callable, Mapping, Sequence
 import gymnasium as gym
 import numpy as np
 
+from sfpo_envs.datasets import load_examples
+from sfpo_envs.templates import render, resolve_template
+
 
 class TextSpace(gym.Space[str]):
     """Any Python string up to ``max_length`` characters.
@@ -53,14 +56,30 @@ class TextSpace(gym.Space[str]):
         return isinstance(other, TextSpace) and other.max_length == self.max_length
 
 
+# A verifier that reports only a reward (a plain reward function, a plain gymnasium env)
+# is read as "correct" exactly when the reward reaches this (the reward convention above).
+CORRECT_REWARD = 1.0
+
+
 @dataclass
 class Verdict:
-    """What a verifier concluded about one completion."""
+    """What a verifier concluded about one completion.
+
+    It travels unchanged from the environment to the trainer's rollout record.
+    """
 
     reward: float
     correct: bool
     # Explains the verdict: e.g. "extracted", "gold", "timed_out", "error".
     info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_reward(cls, reward: float, info: Mapping[str, Any] | None = None) -> "Verdict":
+        """The verdict of a verifier that reports a reward (and maybe ``info``), as a gymnasium
+        ``step()`` does: correct is ``info["correct"]`` where given, else reward >= CORRECT_REWARD."""
+        info = dict(info or {})
+        correct = bool(info.pop("correct")) if "correct" in info else reward >= CORRECT_REWARD
+        return cls(reward=reward, correct=correct, info=info)
 
 
 class VerifierEnv(gym.Env, abc.ABC):
@@ -210,4 +229,80 @@ class RewardFnEnv(VerifierEnv):
                 f"`reward_fn` returned {reward} for completion {completion[:80]!r}; "
                 "rewards must be finite floats."
             )
-        return Verdict(reward=reward, correct=reward >= 1.0, info={})
+        return Verdict.from_reward(reward)
+
+
+class DatasetEnv(VerifierEnv):
+    """Base of the environments over a user's data (math, code): loading, the layout check,
+    the prompt template. A subclass calls ``require_data(data)``, builds its verifier (so
+    bad verifier settings fail before the data is read), then calls ``super().__init__``;
+    it implements ``verify_batch`` and ``default_template``.
+
+    Data options, the same for every subclass:
+        data: path (.jsonl, .jsonl.gz, .json, .parquet, or a directory with
+            ``{split}.jsonl``/``{split}.parquet``), ``"hf:org/name"``, or a list of dicts.
+        split: which split of a directory or hub dataset (a single file is read whole,
+            unless ``split_fraction`` carves it).
+        split_fraction: hold out about this share of the rows (by a hash of the question,
+            seeded by ``split_seed``) as the "test" split; the rest is "train". Use it to
+            train and test on one file; None reads the data as it is.
+        split_seed: which rows the carve holds out (the same seed, the same rows).
+        prompt_template: a template name ("math", "code", "plain") or a string with
+            ``{question}``; None: the subclass's ``default_template``.
+        layout: "auto" (detect from the columns) or a name from ``datasets.LAYOUTS``.
+        columns: map our field names to yours, e.g. ``{"question": "q", "answer": "a"}``.
+        on_bad_row: "error" (raise, naming file and row) or "skip" (count them in
+            ``skipped_rows`` and log a warning).
+        format_score: reward for an answer that was extracted (or code from a fenced
+            block) but is wrong.
+    """
+
+    ENV_ID: str  # e.g. "sfpo/Math-v0", for messages
+    KIND: str  # the kind of problem it needs: "math" or "code" (``datasets.LoadedData.kind``)
+    DATA_HINT: str  # what `data=` may be, for the message when it is missing
+    WRONG_KIND_HINT: str  # what it needs and where the other kind goes, when the layout is wrong
+
+    def __init__(
+        self,
+        data: Any = None,
+        split: str = "train",
+        prompt_template: str | None = None,
+        *,
+        layout: str = "auto",
+        columns: Mapping[str, str] | None = None,
+        on_bad_row: str = "error",
+        split_fraction: float | None = None,
+        split_seed: int = 0,
+        format_score: float = 0.0,
+    ):
+        self.require_data(data)
+        loaded = load_examples(data, split=split, layout=layout, columns=columns, on_bad_row=on_bad_row,
+                               split_fraction=split_fraction, split_seed=split_seed)
+        if loaded.kind != self.KIND:
+            raise ValueError(
+                f"`data` ({data!r}) has the {loaded.layout!r} layout, which holds {loaded.kind} problems; "
+                f"{self.ENV_ID} needs {self.WRONG_KIND_HINT}, or pass layout= / columns= if the layout "
+                "was detected wrongly."
+            )
+        self.layout = loaded.layout
+        self.skipped_rows = loaded.skipped
+        self.num_skipped = loaded.num_skipped
+        self.prompt_template = resolve_template(
+            self.default_template(loaded.layout) if prompt_template is None else prompt_template
+        )
+        super().__init__(loaded.examples, format_score=format_score)
+
+    def require_data(self, data: Any) -> None:
+        """A subclass calls this before building its verifier: a missing `data=` is the first error."""
+        if data is None:
+            raise ValueError(f"{self.ENV_ID} needs `data=`: {self.DATA_HINT}")
+
+    @abc.abstractmethod
+    def default_template(self, layout: str) -> str:
+        """The prompt template when the user names none."""
+
+    def build_prompt(self, example: Mapping[str, Any]) -> str:
+        return render(self.prompt_template, example["question"])
+
+    def verify(self, completion: str, example: Mapping[str, Any]) -> Verdict:
+        return self.verify_batch([completion], [example])[0]

@@ -32,10 +32,8 @@ import functools
 import re
 from typing import Any, Mapping, Sequence
 
-from sfpo_envs.base import Verdict, VerifierEnv
-from sfpo_envs.datasets import load_examples
+from sfpo_envs.base import DatasetEnv, Verdict
 from sfpo_envs.sandbox import RunResult, Sandbox
-from sfpo_envs.templates import render, resolve_template
 
 _FENCED = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
 _UNCLOSED = re.compile(r"```([^\n`]*)\n((?:(?!```).)*)\Z", re.DOTALL)
@@ -113,25 +111,14 @@ def build_run(code: str, example: Mapping[str, Any]) -> tuple[str, str]:
     return f"{setup}\n{code}\n", tests
 
 
-class CodeEnv(VerifierEnv):
+class CodeEnv(DatasetEnv):
     """``sfpo/Code-v0``: one programming problem per episode, reward from its tests.
 
     Args:
-        data: path (.jsonl, .jsonl.gz, .json, .parquet, or a directory with
-            ``{split}.jsonl``), ``"hf:org/name"``, or a list of dicts.
-        split: which split of a directory or hub dataset (a single file is read whole,
-            unless ``split_fraction`` carves it).
-        split_fraction: hold out about this share of the rows (by a hash of the question,
-            seeded by ``split_seed``) as the "test" split; the rest is "train". Use it to
-            train and test on one file; None reads the data as it is.
-        split_seed: which rows the carve holds out (the same seed, the same rows).
-        prompt_template: a template name or a string with ``{question}``; default "code"
-            (asks for a ```python block), or "plain" (the prompt as is) when
-            ``completion_mode="continue"``.
-        layout: "auto" (detect from the columns), "humaneval", "mbpp" or "code".
-        columns: map our field names to yours, e.g. ``{"question": "problem"}``.
-        on_bad_row: "error" (raise, naming file and row) or "skip" (log and count them).
-        format_score: reward for code from a fenced block that fails its tests.
+        data, split, prompt_template, and the keyword data options (layout: "auto",
+            "humaneval", "mbpp" or "code"; columns, on_bad_row, split_fraction, split_seed,
+            format_score): see ``DatasetEnv``. prompt_template defaults to "code" (asks for
+            a ```python block), or "plain" (the prompt as is) when ``completion_mode="continue"``.
         timeout_s: wall-clock seconds per run (tests included); past it the reward is 0.
         max_workers: programs run at once by ``verify_batch``.
         memory_mb: address-space limit per process of a run.
@@ -142,54 +129,40 @@ class CodeEnv(VerifierEnv):
             "continue" where the prompt is code).
     """
 
+    ENV_ID = "sfpo/Code-v0"
+    KIND = "code"
+    DATA_HINT = ("a .jsonl/.json/.parquet file (HumanEval or MBPP layout, or question + test_code columns), "
+                 "a directory, 'hf:org/name', or a list of dicts.")
+    WRONG_KIND_HINT = "code problems (question + test_code, HumanEval or MBPP). Use sfpo/Math-v0 for math"
+
     def __init__(
         self,
         data: Any = None,
         split: str = "train",
         prompt_template: str | None = None,
         *,
-        layout: str = "auto",
-        columns: Mapping[str, str] | None = None,
-        on_bad_row: str = "error",
-        split_fraction: float | None = None,
-        split_seed: int = 0,
-        format_score: float = 0.0,
         timeout_s: float = 10.0,
         max_workers: int = 2,
         memory_mb: int = 1024,
         isolation: str = "auto",
         completion_mode: str = "full",
+        **data_options: Any,
     ):
-        if data is None:
-            raise ValueError(
-                "sfpo/Code-v0 needs `data=`: a .jsonl/.json/.parquet file (HumanEval or MBPP "
-                "layout, or question + test_code columns), a directory, 'hf:org/name', or a "
-                "list of dicts."
-            )
+        self.require_data(data)
         if completion_mode not in COMPLETION_MODES:
             raise ValueError(
                 f"`completion_mode` ({completion_mode!r}) must be one of {', '.join(COMPLETION_MODES)}: "
                 "'full' when the model writes the whole solution (chat models), 'continue' when "
                 "it continues a code prompt (base models on HumanEval), 'auto' to decide per completion."
             )
-        if prompt_template is None:
-            prompt_template = "plain" if completion_mode == "continue" else "code"
+        self.completion_mode = completion_mode
         # Built first so that bad sandbox settings fail before the data is read.
         self.sandbox = Sandbox(
             timeout_s=timeout_s, max_workers=max_workers, memory_mb=memory_mb, isolation=isolation
         )
-        loaded = load_examples(data, split=split, layout=layout, columns=columns, on_bad_row=on_bad_row,
-                               split_fraction=split_fraction, split_seed=split_seed)
-        if loaded.kind != "code":
-            raise ValueError(
-                f"`data` ({data!r}) has the {loaded.layout!r} layout, which holds math problems; "
-                "sfpo/Code-v0 needs code problems (question + test_code, HumanEval or MBPP). "
-                "Use sfpo/Math-v0, or pass layout= / columns= if the layout was detected wrongly."
-            )
-        self.prompt_template = resolve_template(prompt_template)
-        self.completion_mode = completion_mode
+        super().__init__(data, split, prompt_template, **data_options)
         not_code = completion_mode == "continue" and next(
-            (ex for ex in loaded.examples if not code_prompt(ex)), None)
+            (ex for ex in self.examples if not code_prompt(ex)), None)
         if not_code:
             raise ValueError(
                 f"`completion_mode` ('continue') needs prompts that are Python code declaring the "
@@ -197,16 +170,9 @@ class CodeEnv(VerifierEnv):
                 f"{not_code.get('source')} is not ({not_code['question'][:60]!r}...). Use "
                 "completion_mode='full', or 'auto' (which continues only code prompts)."
             )
-        self.layout = loaded.layout
-        self.skipped_rows = loaded.skipped
-        self.num_skipped = loaded.num_skipped
-        super().__init__(loaded.examples, format_score=format_score)
 
-    def build_prompt(self, example: Mapping[str, Any]) -> str:
-        return render(self.prompt_template, example["question"])
-
-    def verify(self, completion: str, example: Mapping[str, Any]) -> Verdict:
-        return self.verify_batch([completion], [example])[0]
+    def default_template(self, layout: str) -> str:
+        return "plain" if self.completion_mode == "continue" else "code"
 
     def verify_batch(
         self, completions: Sequence[str], examples: Sequence[Mapping[str, Any]]

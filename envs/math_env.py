@@ -16,35 +16,28 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from sfpo_envs.base import Verdict, VerifierEnv
-from sfpo_envs.datasets import load_examples
+from sfpo_envs.base import DatasetEnv, Verdict
 from sfpo_envs.math_verifier import MathCheck, MathVerifier
-from sfpo_envs.templates import render, resolve_template
 
 
-class MathEnv(VerifierEnv):
+class MathEnv(DatasetEnv):
     """``sfpo/Math-v0``: one problem per episode, reward from math-verify.
 
     Args:
-        data: path (.jsonl, .jsonl.gz, .json, .parquet, or a directory with
-            ``{split}.jsonl``/``{split}.parquet``), ``"hf:org/name"``, or a list of dicts.
-        split: which split of a directory or hub dataset (a single file is read whole,
-            unless ``split_fraction`` carves it).
-        split_fraction: hold out about this share of the rows (by a hash of the question,
-            seeded by ``split_seed``) as the "test" split; the rest is "train". Use it to
-            train and test on one file; None reads the data as it is.
-        split_seed: which rows the carve holds out (the same seed, the same rows).
-        prompt_template: "math", "plain", or a string with ``{question}``. Default: "math",
-            except "plain" for verl data, whose prompt column already holds the instruction.
-        layout: "auto" (detect from the columns) or a name from ``datasets.LAYOUTS``.
-        columns: map our field names to yours, e.g. ``{"question": "q", "answer": "a"}``.
-        on_bad_row: "error" (raise, naming file and row) or "skip" (count them in
-            ``skipped_rows`` and log a warning).
-        format_score: reward for an answer that was extracted but is wrong.
+        data, split, prompt_template, and the keyword data options (layout, columns,
+            on_bad_row, split_fraction, split_seed, format_score): see ``DatasetEnv``.
+            prompt_template defaults to "math", except "plain" for verl data, whose
+            prompt column already holds the instruction.
         timeout_s: the most seconds one check may take; past it the reward is 0 and
             ``info["timed_out"]`` is True (counted in ``verifier.stats["timed_out"]``).
         num_workers: verifier worker processes (default: CPU count, at most 4).
     """
+
+    ENV_ID = "sfpo/Math-v0"
+    KIND = "math"
+    DATA_HINT = ("a .jsonl/.json/.parquet file, a directory with {split}.jsonl, 'hf:org/name', or a list of "
+                 "dicts with question and answer.")
+    WRONG_KIND_HINT = "math problems (question + answer). Use sfpo/Code-v0 for code"
 
     def __init__(
         self,
@@ -52,40 +45,17 @@ class MathEnv(VerifierEnv):
         split: str = "train",
         prompt_template: str | None = None,
         *,
-        layout: str = "auto",
-        columns: Mapping[str, str] | None = None,
-        on_bad_row: str = "error",
-        split_fraction: float | None = None,
-        split_seed: int = 0,
-        format_score: float = 0.0,
         timeout_s: float = 5.0,
         num_workers: int | None = None,
+        **data_options: Any,
     ):
-        if data is None:
-            raise ValueError(
-                "sfpo/Math-v0 needs `data=`: a .jsonl/.json/.parquet file, a directory with "
-                "{split}.jsonl, 'hf:org/name', or a list of dicts with question and answer."
-            )
-        # Checked first (it starts no process until the first check), so bad settings fail fast.
+        self.require_data(data)
+        # Checked before the data is read (it starts no process until the first check).
         self.verifier = MathVerifier(timeout_s=timeout_s, num_workers=num_workers)
-        loaded = load_examples(data, split=split, layout=layout, columns=columns, on_bad_row=on_bad_row,
-                               split_fraction=split_fraction, split_seed=split_seed)
-        if loaded.kind != "math":
-            raise ValueError(
-                f"`data` ({data!r}) has the {loaded.layout!r} layout, which holds code problems; "
-                "sfpo/Math-v0 needs math problems (question + answer). Use the code environment, "
-                "or pass layout= / columns= if the layout was detected wrongly."
-            )
-        if prompt_template is None:
-            prompt_template = "plain" if loaded.layout == "verl" else "math"
-        self.prompt_template = resolve_template(prompt_template)
-        self.layout = loaded.layout
-        self.skipped_rows = loaded.skipped
-        self.num_skipped = loaded.num_skipped
-        super().__init__(loaded.examples, format_score=format_score)
+        super().__init__(data, split, prompt_template, **data_options)
 
-    def build_prompt(self, example: Mapping[str, Any]) -> str:
-        return render(self.prompt_template, example["question"])
+    def default_template(self, layout: str) -> str:
+        return "plain" if layout == "verl" else "math"
 
     def messages(self, index: int) -> list[dict]:
         """The chat messages for example ``index``: verl data keeps its system messages."""
@@ -103,9 +73,6 @@ class MathEnv(VerifierEnv):
         prompt, info = super().reset(seed=seed, options=options)
         info["messages"] = self.messages(info["index"])
         return prompt, info
-
-    def verify(self, completion: str, example: Mapping[str, Any]) -> Verdict:
-        return self.verify_batch([completion], [example])[0]
 
     def verify_batch(
         self, completions: Sequence[str], examples: Sequence[Mapping[str, Any]]

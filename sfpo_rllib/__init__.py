@@ -19,6 +19,15 @@ from sfpo_rllib.sfpo_config import SFPOConfig
 ALGORITHMS = {"SFPO": (SFPO, SFPOConfig), "GRPO": (GRPO, GRPOConfig)}
 
 
+def config_of(algo: str, settings: dict) -> SFPOConfig:
+    """A new config of ``algo`` ("SFPO" or "GRPO") holding ``settings`` (e.g. another config's
+    ``to_dict()``). A GRPO config keeps GRPO's K = 0 whatever ``settings`` carry."""
+    config = ALGORITHMS[algo][1]().update_from_dict(settings)
+    if isinstance(config, GRPOConfig):
+        config.fast_steps = GRPOConfig().fast_steps  # the one place it is set: grpo.py
+    return config
+
+
 def register() -> None:
     """Register "SFPO" and "GRPO" with Ray Tune (done on import)."""
     for name, (algorithm, _) in ALGORITHMS.items():
@@ -27,4 +36,4 @@ def register() -> None:
 
 register()
 
-__all__ = ["ALGORITHMS", "GRPO", "GRPOConfig", "SFPO", "SFPOConfig", "register"]
+__all__ = ["ALGORITHMS", "GRPO", "GRPOConfig", "SFPO", "SFPOConfig", "config_of", "register"]

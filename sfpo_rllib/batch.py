@@ -18,33 +18,39 @@ import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 
-from sfpo_rllib.causal_lm_module import ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS
+from sfpo_rllib.columns import (
+    ADVANTAGES,
+    ATTENTION_MASK,
+    COMPLETION_MASK,
+    INPUT_IDS,
+    MB_INDEX,
+    MB_NUM_SEQS,
+    MB_NUM_TOKENS,
+    ROLLOUT_LOGP,
+    Rollout,
+)
 from sfpo_rllib.losses import group_advantages
 
-ADVANTAGES = "advantages"  # (B,) float32
-MB_INDEX = "mb_index"  # (B,) int64: the global minibatch this row belongs to
-MB_NUM_TOKENS = "mb_num_tokens"  # (B,) float32: completion tokens in that whole minibatch
-MB_NUM_SEQS = "mb_num_seqs"  # (B,) float32: completions in that whole minibatch
-# (B, C) float32, aligned with the completion mask (0 on padding): log π of each sampled
-# token as the rollout engine computed it (temperature-scaled; see engines/base.py). The
-# learner compares it with θ⁰'s recompute (rollout_logp_diff); a truncated-importance-
-# sampling loss can weight by exp(old_logp - rollout_logp).
-ROLLOUT_LOGP = "rollout_logp"
+
+def pad_token_of(tokenizer) -> int:
+    """The id that pads rows: the tokenizer's pad token, else its eos (safe: masks come from
+    lengths, never from comparing ids with the pad id)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def pad_rows(records: Sequence[dict], pad_token_id: int) -> dict[str, np.ndarray]:
+def pad_rows(records: Sequence[Rollout], pad_token_id: int) -> dict[str, np.ndarray]:
     """[left-padded prompt | right-padded completion] rows, as the module expects."""
-    prompt_width = max(len(r["prompt_ids"]) for r in records)
-    completion_width = max(1, max(len(r["completion_ids"]) for r in records))
+    prompt_width = max(len(r.prompt_ids) for r in records)
+    completion_width = max(1, max(len(r.completion_ids) for r in records))
     n = len(records)
     input_ids = np.full((n, prompt_width + completion_width), pad_token_id, dtype=np.int64)
     attention = np.zeros((n, prompt_width + completion_width), dtype=np.int64)
     completion_mask = np.zeros((n, completion_width), dtype=np.float32)
     # An engine that reports no log-probs (a plugged-in one) leaves the column out.
-    has_engine_logp = all(r.get("rollout_logp") is not None for r in records)
+    has_engine_logp = all(r.rollout_logp is not None for r in records)
     rollout_logp = np.zeros((n, completion_width), dtype=np.float32)
     for i, r in enumerate(records):
-        p, c = r["prompt_ids"], r["completion_ids"]
+        p, c = r.prompt_ids, r.completion_ids
         input_ids[i, prompt_width - len(p) : prompt_width] = p
         input_ids[i, prompt_width : prompt_width + len(c)] = c
         attention[i, prompt_width - len(p) : prompt_width + len(c)] = 1
@@ -52,7 +58,7 @@ def pad_rows(records: Sequence[dict], pad_token_id: int) -> dict[str, np.ndarray
         # that would drop the eos and the model would never learn to stop.
         completion_mask[i, : len(c)] = 1.0
         if has_engine_logp:
-            rollout_logp[i, : len(c)] = r["rollout_logp"]
+            rollout_logp[i, : len(c)] = r.rollout_logp
     columns = {INPUT_IDS: input_ids, ATTENTION_MASK: attention, COMPLETION_MASK: completion_mask}
     if has_engine_logp:  # else no column: a loss that needs it (tis_cap) says so, never reads zeros
         columns[ROLLOUT_LOGP] = rollout_logp
@@ -60,7 +66,7 @@ def pad_rows(records: Sequence[dict], pad_token_id: int) -> dict[str, np.ndarray
 
 
 def build_learner_batches(
-    records: Sequence[dict],
+    records: Sequence[Rollout],
     *,
     group_size: int,
     num_learners: int,
@@ -70,10 +76,10 @@ def build_learner_batches(
     advantage_std_norm: bool = True,
     mask_truncated: bool = False,
 ) -> tuple[list[MultiAgentBatch], dict[str, Any]]:
-    """Records (groups of ``group_size`` consecutive completions) -> one batch per learner.
+    """Rollouts (groups of ``group_size`` consecutive completions) -> one batch per learner.
 
     ``mask_truncated`` zeroes the completion mask of completions that did not stop
-    (record ``stopped`` False): they leave the loss, its token counts and the entropy.
+    (``Rollout.stopped`` False): they leave the loss, its token counts and the entropy.
     """
     n = len(records)
     world = max(1, num_learners)
@@ -85,14 +91,14 @@ def build_learner_batches(
             "have caught this (train_batch_size_per_learner and minibatch_size must be multiples "
             "of group_size, and the batch a multiple of the minibatch)."
         )
-    rewards = np.array([r["reward"] for r in records], dtype=np.float64)
+    rewards = np.array([r.reward for r in records], dtype=np.float64)
     columns = pad_rows(records, pad_token_id)
     columns[ADVANTAGES] = group_advantages(
         rewards, group_size, estimator=advantage_estimator, std_norm=advantage_std_norm
     )
     lengths = columns[COMPLETION_MASK].sum(axis=1)
     if mask_truncated:
-        stopped = np.array([r.get("stopped", True) for r in records], dtype=np.float32)
+        stopped = np.array([r.stopped for r in records], dtype=np.float32)
         columns[COMPLETION_MASK] *= stopped[:, None]
     tokens_per_row = columns[COMPLETION_MASK].sum(axis=1)
 

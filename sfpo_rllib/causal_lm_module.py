@@ -22,14 +22,8 @@ import torch
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.annotations import override
 
+from sfpo_rllib.columns import ATTENTION_MASK, COMPLETION_MASK, ENTROPY, INPUT_IDS, LOGP
 from sfpo_rllib.lora import apply_lora, is_lora, merged_state_dict
-
-# Batch columns shared by the batch builder, the module and the learner.
-INPUT_IDS = "input_ids"  # (B, P + C) int64
-ATTENTION_MASK = "attention_mask"  # (B, P + C) int64, 0 on padding
-COMPLETION_MASK = "completion_mask"  # (B, C) float32, 1 on completion tokens (eos included)
-LOGP = "logp"  # (B, C) forward output: log π(token) at temperature
-ENTROPY = "entropy"  # (B, C) forward output: entropy of π at temperature
 
 logger = logging.getLogger(__name__)
 

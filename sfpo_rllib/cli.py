@@ -120,7 +120,7 @@ def _run_tuned_example(path: str) -> dict:
 
 def build_config(args: argparse.Namespace):
     """The run's config: the file's (if any), then --algo, --env, --config and --seed on top."""
-    from sfpo_rllib import ALGORITHMS
+    from sfpo_rllib import ALGORITHMS, config_of
 
     stop_iters = None
     if args.source == "file":
@@ -136,10 +136,7 @@ def build_config(args: argparse.Namespace):
         if stop_iters is not None and (not isinstance(stop_iters, int) or isinstance(stop_iters, bool) or stop_iters < 1):
             _fail(f"{args.path}: `stop_iters` ({stop_iters!r}) must be an int >= 1.")
         if args.algo and type(config) is not ALGORITHMS[args.algo][1]:
-            settings = config.to_dict()
-            config = ALGORITHMS[args.algo][1]().update_from_dict(settings)
-            if args.algo == "GRPO":
-                config.fast_steps = 0  # GRPO is SFPO with the fast stage off
+            config = config_of(args.algo, config.to_dict())
     elif args.path:
         _fail(f"unexpected argument {args.path!r}; did you mean 'train file {args.path}'?")
     else:

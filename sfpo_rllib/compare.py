@@ -72,15 +72,13 @@ def load_arms(path: str | None, flags: list[str]) -> dict[str, dict[str, Any]]:
 
 def arm_config(base, name: str, settings: dict[str, Any], seed: int):
     """The base config with the arm's settings and the seed applied (a copy)."""
-    from sfpo_rllib import ALGORITHMS
+    from sfpo_rllib import ALGORITHMS, config_of
 
     settings = dict(settings)
     algo = settings.pop("algo", None)
     if algo is not None and algo not in ALGORITHMS:
         raise ValueError(f"arm {name!r}: `algo` ({algo!r}) must be one of {', '.join(ALGORITHMS)}.")
-    config = ALGORITHMS[algo][1]().update_from_dict(base.to_dict()) if algo else base.copy(copy_frozen=False)
-    if algo == "GRPO":
-        config.fast_steps = 0  # GRPO is SFPO with the fast stage off
+    config = config_of(algo, base.to_dict()) if algo else base.copy(copy_frozen=False)
     for key in settings:
         if not hasattr(config, key):
             close = difflib.get_close_matches(key, [k for k in vars(config) if not k.startswith("_")], n=1)

@@ -19,7 +19,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-Records = list[dict[str, Any]]
+from sfpo_rllib.columns import Rollout
+
+Records = list[Rollout]
 
 
 def overlong_penalty(length: int, *, max_new_tokens: int, buffer: int, penalty: float) -> float:
@@ -33,16 +35,16 @@ def overlong_penalty(length: int, *, max_new_tokens: int, buffer: int, penalty: 
 
 
 def shape_rewards(records: Records, config) -> None:
-    """Add the overlong penalty to each record's ``reward`` (kept as ``verifier_reward``)."""
+    """Add the overlong penalty to each record's ``reward`` (its verdict keeps the verifier's)."""
+    if config.overlong_buffer is None:
+        return
     for r in records:
-        r["verifier_reward"] = r["reward"]
-        if config.overlong_buffer is not None:
-            r["reward"] = r["reward"] + overlong_penalty(
-                len(r["completion_ids"]),
-                max_new_tokens=config.max_new_tokens,
-                buffer=config.overlong_buffer,
-                penalty=config.overlong_penalty,
-            )
+        r.reward = r.verifier_reward + overlong_penalty(
+            len(r.completion_ids),
+            max_new_tokens=config.max_new_tokens,
+            buffer=config.overlong_buffer,
+            penalty=config.overlong_penalty,
+        )
 
 
 def extra_round_prompts(run_seed: int, iteration: int, round_: int, *, num_prompts: int, train_size: int) -> np.ndarray:
@@ -57,7 +59,7 @@ def _groups(records: Records, group_size: int) -> list[Records]:
 
 def is_informative(group: Records) -> bool:
     """Not all rewards equal: the group's advantages are not all zero."""
-    return len({r["reward"] for r in group}) > 1
+    return len({r.reward for r in group}) > 1
 
 
 def collect_batch(

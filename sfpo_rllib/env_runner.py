@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import gymnasium as gym
 import ray
@@ -23,6 +23,10 @@ from ray.rllib.env.env_runner import EnvRunner
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.checkpoints import Checkpointable
 
+from sfpo_envs.base import Verdict
+
+from sfpo_rllib.batch import pad_token_of
+from sfpo_rllib.columns import Rollout
 from sfpo_rllib.engines import SamplingParams
 from sfpo_rllib.engines.factory import make_engine
 from sfpo_rllib.env_factory import make_env
@@ -53,18 +57,19 @@ class TextTask:
         text, info = self.env.reset(options={"index": index})
         return text, info.get("messages") or [{"role": "user", "content": text}]
 
-    def _score(self, completions: Sequence[str], indices: Sequence[int]) -> list[tuple[Any, dict]]:
+    def _score(self, completions: Sequence[str], indices: Sequence[int]) -> list[Verdict]:
         if hasattr(self.base, "score"):  # batched (the code verifier runs a pool)
-            return [(v.reward, {"correct": v.correct, **v.info}) for v in self.base.score(completions, indices)]
+            return list(self.base.score(completions, indices))
         out = []
-        for completion, index in zip(completions, indices):
+        for completion, index in zip(completions, indices):  # a plain gymnasium env: reset/step
             self.env.reset(options={"index": index})
             _, reward, _, _, info = self.env.step(completion)
-            out.append((reward, dict(info or {})))
+            out.append(_StepResult(reward, dict(info or {})))
         return out
 
-    def score(self, completions: Sequence[str], indices: Sequence[int]) -> list[tuple[float | None, dict]]:
-        """``(reward, info)`` per completion; where the verifier failed, ``(None, {"reward_error": why})``."""
+    def score(self, completions: Sequence[str], indices: Sequence[int]) -> list[Verdict]:
+        """The environment's verdict per completion; where the verifier failed, a verdict of
+        reward 0 with ``info["reward_error"]`` saying why (``Rollout.reward_error``)."""
         try:
             scored = self._score(completions, indices)
         except Exception:  # the verifier is user code: find which example(s) it fails on
@@ -73,16 +78,30 @@ class TextTask:
                 try:
                     scored.extend(self._score([completion], [index]))
                 except Exception as err:
-                    scored.append((None, {"reward_error": f"{type(err).__name__}: {err}"}))
+                    scored.append(_failed(f"{type(err).__name__}: {err}"))
         out = []
-        for reward, info in scored:
-            if "reward_error" in info:
-                out.append((None, info))
+        for verdict in scored:
+            reward = verdict.reward
+            if "reward_error" in verdict.info:
+                out.append(_failed(verdict.info["reward_error"], verdict.info))
             elif isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
-                out.append((None, {"reward_error": f"returned reward {reward!r:.60}, not a finite number"}))
+                out.append(_failed(f"returned reward {reward!r:.60}, not a finite number"))
+            elif isinstance(verdict, _StepResult):
+                out.append(Verdict.from_reward(float(reward), verdict.info))
             else:
-                out.append((float(reward), info))
+                out.append(verdict)
         return out
+
+
+class _StepResult(NamedTuple):
+    """``step()``'s reward and info, before the reward is checked."""
+
+    reward: Any
+    info: dict
+
+
+def _failed(why: str, info: dict | None = None) -> Verdict:
+    return Verdict(reward=0.0, correct=False, info={**(info or {}), "reward_error": why})
 
 
 class SFPOEnvRunner(EnvRunner, Checkpointable):
@@ -98,7 +117,7 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
         self.eos_token_id = self.tokenizer.eos_token_id
         if self.eos_token_id is None:
             raise ValueError(f"The tokenizer of `model` ({self.config.model_name_or_path!r}) has no eos token; set one.")
-        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
+        self.pad_token_id = pad_token_of(self.tokenizer)
         torch.set_num_threads(max(1, int(self.config.torch_threads_per_runner or torch.get_num_threads())))
         self.train_task = TextTask(make_env(self.config.env, self.config.env_config))
         self.module = self.config.get_rl_module_spec(spaces=self.get_spaces(), inference_only=True).build()
@@ -157,9 +176,9 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
         t2 = time.perf_counter()
         return prompts, completions, verdicts, expanded, t1 - t0, t2 - t1
 
-    def _checked(self, task: TextTask, verdicts: list, indices: Sequence[int]) -> list[tuple[float, dict]]:
-        """Verifier errors per `on_reward_error`: stop the run, or score 0 (``info["reward_error"]``)."""
-        failed = [(index, info["reward_error"]) for (reward, info), index in zip(verdicts, indices) if reward is None]
+    def _checked(self, task: TextTask, verdicts: list[Verdict], indices: Sequence[int]) -> list[Verdict]:
+        """Verifier errors per `on_reward_error`: stop the run, or keep them scored 0 (``info["reward_error"]``)."""
+        failed = [(index, v.info["reward_error"]) for v, index in zip(verdicts, indices) if "reward_error" in v.info]
         if failed and self.config.on_reward_error == "raise":
             split = "held-out" if task is self._test_task else "training"
             index, why = failed[0]
@@ -172,27 +191,23 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
         if failed:
             logger.warning("env %r: %d verifier error(s) scored 0 (on_reward_error='zero'); first: example %d (%s)",
                            self.config.env, len(failed), *failed[0])
-        return [(0.0, {**info, "correct": False}) if reward is None else (reward, info) for reward, info in verdicts]
+        return verdicts
 
     def sample(self, *, indices: Sequence[int] = (), seed: int = 0, **kwargs) -> dict[str, Any]:
-        """G completions for each prompt index; returns plain per-completion records."""
+        """G completions for each prompt index; returns one ``Rollout`` per completion."""
         g = self.config.group_size
         prompts, completions, verdicts, expanded, t_gen, t_verify = self._rollout(self.train_task, indices, g, seed)
-        records = []
-        for row, (completion, (reward, info), index) in enumerate(zip(completions, verdicts, expanded)):
-            records.append(
-                {
-                    "prompt_index": index,
-                    "prompt_ids": prompts[row // g],
-                    "completion_ids": list(completion),
-                    "rollout_logp": completion.logprobs,  # the engine's log π of each token
-                    "reward": reward,
-                    "correct": bool(info.get("correct", reward >= 1.0)),
-                    "timed_out": bool(info.get("timed_out", False)),
-                    "reward_error": "reward_error" in info,
-                    "stopped": bool(completion) and completion[-1] == self.eos_token_id,
-                }
+        records = [
+            Rollout(
+                prompt_ids=prompts[row // g],
+                completion_ids=list(completion),
+                verdict=verdict,
+                rollout_logp=completion.logprobs,  # the engine's log π of each token
+                stopped=bool(completion) and completion[-1] == self.eos_token_id,
+                prompt_index=index,
             )
+            for row, (completion, verdict, index) in enumerate(zip(completions, verdicts, expanded))
+        ]
         self.num_env_steps_sampled_lifetime += len(records)
         return {
             "records": records,
@@ -205,9 +220,9 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
         """Per-problem correct counts on the held-out split at the training temperature."""
         _, _, verdicts, expanded, t_gen, t_verify = self._rollout(self._held_out_task(), indices, samples_per_problem, seed)
         correct: dict[int, int] = {}
-        for (reward, info), index in zip(verdicts, expanded):
-            correct[index] = correct.get(index, 0) + int(bool(info.get("correct", reward >= 1.0)))
-        errors = sum("reward_error" in info for _, info in verdicts)
+        for verdict, index in zip(verdicts, expanded):
+            correct[index] = correct.get(index, 0) + int(bool(verdict.correct))
+        errors = sum("reward_error" in verdict.info for verdict in verdicts)
         return {"correct": correct, "reward_errors": errors, "time_s": t_gen + t_verify}
 
     def num_problems(self, split: str = "train") -> int:

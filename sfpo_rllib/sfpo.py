@@ -25,7 +25,8 @@ from ray.rllib.core import COMPONENT_LEARNER_GROUP, COMPONENT_METRICS_LOGGER
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import LEARNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-from sfpo_rllib.batch import build_learner_batches
+from sfpo_rllib.batch import build_learner_batches, pad_token_of
+from sfpo_rllib.columns import Rollout
 from sfpo_rllib.dynamic_sampling import collect_batch, extra_round_prompts
 from sfpo_rllib.entropy_trigger import EntropyTrigger
 from sfpo_rllib.env_factory import check_held_out_data
@@ -100,7 +101,7 @@ class SFPO(Algorithm):
         self.runner_restarts = 0
         super().setup(config)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = pad_token_of(tokenizer)
         self.trigger = EntropyTrigger(
             window=config.entropy_window, z_threshold=config.entropy_z_threshold, rule=config.entropy_trigger
         )
@@ -203,7 +204,7 @@ class SFPO(Algorithm):
         num_prompts = c.total_train_batch_size // c.group_size
         time_verify, time_generate, time_weight_sync = [], [], []  # per round: the slowest runner's
 
-        def sample_round(round_: int) -> list[dict]:
+        def sample_round(round_: int) -> list[Rollout]:
             """Round 0: the iteration's prompts; extra rounds (dynamic sampling): a keyed stream."""
             if round_ == 0:
                 indices, seed_parts = self._prompt_indices(s), (2, s)
@@ -258,12 +259,12 @@ class SFPO(Algorithm):
         self.rollouts += len(sampled)
 
         # Reward and accuracy of everything sampled (the policy's), not only what was kept.
-        rewards = np.array([r["verifier_reward"] for r in sampled])
+        rewards = np.array([r.verifier_reward for r in sampled])
         logged.update(
             {
                 "rollouts": self.rollouts,
                 "reward_mean": float(rewards.mean()),
-                "train_accuracy": float(np.mean([r["correct"] for r in sampled])),
+                "train_accuracy": float(np.mean([r.correct for r in sampled])),
                 "alpha": alpha,
                 "fast_steps": fast_steps,
                 "entropy": entropy,
@@ -272,9 +273,9 @@ class SFPO(Algorithm):
                 "reposition_distance": stats[0]["reposition_distance"],
                 "optimizer_steps": stats[0]["optimizer_steps"],
                 "padding_efficiency": sum(x["real_tokens"] for x in stats) / max(1.0, sum(x["computed_tokens"] for x in stats)),
-                "truncated_fraction": float(np.mean([not r["stopped"] for r in sampled])),
-                "verifier_timeouts": int(sum(r["timed_out"] for r in sampled)),
-                "reward_errors": int(sum(r["reward_error"] for r in sampled)),
+                "truncated_fraction": float(np.mean([not r.stopped for r in sampled])),
+                "verifier_timeouts": int(sum(r.timed_out for r in sampled)),
+                "reward_errors": int(sum(r.reward_error for r in sampled)),
                 **_pass_diagnostics(stats),
                 "time_rollout_s": time_rollout,
                 "time_generate_s": sum(time_generate),
@@ -289,7 +290,7 @@ class SFPO(Algorithm):
             }
         )
         logged["overlong_penalty_mean"] = (
-            float(np.mean([r["reward"] - r["verifier_reward"] for r in sampled])) if c.overlong_buffer is not None else None
+            float(np.mean([r.reward - r.verifier_reward for r in sampled])) if c.overlong_buffer is not None else None
         )
         logged.update(dict.fromkeys(TEST_FIELDS))
         if c.test_interval and (s % c.test_interval == 0 or self.test_due):

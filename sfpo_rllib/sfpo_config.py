@@ -25,6 +25,7 @@ from sfpo_rllib.causal_lm_module import DTYPES
 from sfpo_rllib.engines.factory import ROLLOUT_ENGINES
 from sfpo_rllib.entropy_trigger import TRIGGER_RULES
 from sfpo_rllib.losses import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS
+from sfpo_rllib.model_cache import TINY_MODEL_NAME, resolve_model
 from sfpo_rllib.sfpo_torch_learner import AUTOCAST_DTYPES, OPTIMIZERS
 
 # Valid names, each owned by the code that implements them.
@@ -53,7 +54,6 @@ class SFPOConfig(AlgorithmConfig):
     def __init__(self, algo_class=None):
         from sfpo_rllib.sfpo import SFPO
         from sfpo_rllib.env_runner import SFPOEnvRunner
-        from sfpo_rllib.tiny_model import TINY_MODEL_NAME
 
         super().__init__(algo_class=algo_class or SFPO)
         self.env_runner_cls = SFPOEnvRunner
@@ -419,8 +419,6 @@ class SFPOConfig(AlgorithmConfig):
     # ----- derived --------------------------------------------------------------------
     def resolved_model_path(self) -> str:
         """The model's local path (builds the embedded tiny model on first use)."""
-        from sfpo_rllib.tiny_model import resolve_model
-
         return resolve_model(self.model_name_or_path)
 
     @override(AlgorithmConfig)
@@ -678,7 +676,6 @@ class SFPOConfig(AlgorithmConfig):
 
     def _validate_model_and_env(self) -> None:
         from sfpo_rllib.env_factory import check_env_id
-        from sfpo_rllib.tiny_model import TINY_MODEL_NAME
 
         if self.env is None:
             self._value_error("`env` (None) must name a verifier environment. Set e.g. "

@@ -45,23 +45,21 @@ from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.learner.training_data import TrainingData
 from ray.rllib.utils.annotations import override
 
-from sfpo_rllib.batch import (
+from sfpo_rllib.batch import RowTooLongError, cut_micro_batches
+from sfpo_rllib.causal_lm_module import completion_logp_and_entropy, load_causal_lm
+from sfpo_rllib.columns import (
     ADVANTAGES,
-    MB_INDEX,
-    MB_NUM_SEQS,
-    MB_NUM_TOKENS,
-    ROLLOUT_LOGP,
-    RowTooLongError,
-    cut_micro_batches,
-)
-from sfpo_rllib.causal_lm_module import (
     ATTENTION_MASK,
     COMPLETION_MASK,
     ENTROPY,
     INPUT_IDS,
     LOGP,
-    completion_logp_and_entropy,
-    load_causal_lm,
+    MB_INDEX,
+    MB_NUM_SEQS,
+    MB_NUM_TOKENS,
+    OLD_LOGP,
+    REF_LOGP,
+    ROLLOUT_LOGP,
 )
 from sfpo_rllib import sharding
 from sfpo_rllib.lora import AdaptersDisabled, is_lora
@@ -71,8 +69,6 @@ from sfpo_rllib.slow_fast import ParameterSnapshot
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-OLD_LOGP = "old_logp"  # (B, C) log-probs under θ⁰, filled by the θ⁰ pass
-REF_LOGP = "ref_logp"  # (B, C) under the frozen reference model (only when kl_coeff > 0)
 
 # Loss diagnostics the learner logs per optimizer step (compute_loss_for_module, and
 # RLlib's gradient clipping for the norm), averaged per stage: "fast" over all K fast

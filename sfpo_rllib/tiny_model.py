@@ -1,8 +1,9 @@
 """The embedded default model ``sfpo-tiny-arithmetic``: a tiny character-level Llama, built offline.
 
 Nothing is downloaded. On first use the model is built from scratch (about 2-3 minutes on one
-CPU core) and cached; ``resolve_model("sfpo-tiny-arithmetic")`` returns the cached folder, which
-``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained`` load like any other checkpoint.
+CPU core) and cached; ``model_cache.resolve_model("sfpo-tiny-arithmetic")`` returns the cached
+folder, which ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained`` load like any other
+checkpoint. This module is the recipe; ``model_cache.py`` the cache and the name resolver.
 
 It is a *constructed* base model, made to resemble the paper's starting point (a model that is
 partly right at temperature 1 and much more often right in one of k samples), so that RL has
@@ -44,17 +45,16 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from sfpo_rllib.model_cache import TINY_MODEL_NAME
+
 logger = logging.getLogger(__name__)
 
-TINY_MODEL_NAME = "sfpo-tiny-arithmetic"
 # Bump when the recipe changes in a way the settings do not show: it changes the cache key.
 RECIPE_VERSION = 2
 
@@ -380,88 +380,3 @@ def build_tiny_model(output_dir: str | os.PathLike, *, seed: int = 0, **settings
                 calibration["logit_scale"],
                 test_accuracy, config.eval_samples, test_pass_at_k)
     return output_dir
-
-
-# ----- cache ----------------------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("SFPO_RLLIB_CACHE") or Path.home() / ".cache" / "sfpo_rllib")
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """Exclusive lock so racing processes build once (no-op where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: the atomic rename below still keeps the cache consistent
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _say(message: str) -> None:
-    """A progress line for the user: the build runs before any progress bar of the run."""
-    print(f"sfpo-rllib: {message}", file=sys.stderr, flush=True)
-
-
-def _say_built(report: dict, folder: Path) -> None:
-    """The build's own measured figures, as recorded in warm_start.json."""
-    settings = report.get("settings", {})
-    samples, accuracy = settings.get("eval_samples"), report.get("test_accuracy_t1")
-    pass_at = report.get(f"test_pass_at_{samples}")
-    if accuracy is None or pass_at is None:
-        _say(f"built {TINY_MODEL_NAME} ({folder / 'warm_start.json'})")
-        return
-    _say(f"built {TINY_MODEL_NAME} in {report.get('build_seconds', 0):.0f} s: test accuracy at temperature 1 "
-         f"{100 * accuracy:.1f}%, pass@{samples} {100 * pass_at:.1f}% ({settings.get('eval_problems')} test problems; "
-         f"recorded in {folder / 'warm_start.json'})")
-
-
-def ensure_tiny_model(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cached tiny model's folder, built on first use.
-
-    Cached under ``cache_dir``, else ``$SFPO_RLLIB_CACHE``, else ``~/.cache/sfpo_rllib``, in
-    ``<name>-<hash of settings and library versions>/``. Built into a temporary folder and
-    renamed into place, so a half-written model is never seen; a file lock makes a second
-    process wait for the first instead of building again.
-    """
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = root / f"{TINY_MODEL_NAME}-{cache_key(TinyModelSettings())}"
-    if (final / "warm_start.json").is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    lock = root / f".{final.name}.lock"
-    if lock.exists() and not (final / "warm_start.json").is_file():
-        _say(f"waiting for another process that may be building {TINY_MODEL_NAME} into {final}")
-    with _file_lock(lock):
-        if (final / "warm_start.json").is_file():  # another process built it while we waited
-            return final
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
-        try:
-            _say(f"building the embedded model {TINY_MODEL_NAME} (first use only; about 1.5-3 minutes on 2 CPU "
-                 f"cores: a {TinyModelSettings().steps}-step warm start, then calibration and a test) into {final}")
-            build_tiny_model(tmp)
-            _say_built(json.loads((tmp / "warm_start.json").read_text()), final)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the cache is shared
-            try:
-                os.rename(tmp, final)  # atomic on one filesystem
-            except OSError:
-                if not (final / "warm_start.json").is_file():
-                    raise
-                # Lost a race with a process that did not take the lock: keep its copy.
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def resolve_model(name_or_path: str) -> str:
-    """The local path for ``TINY_MODEL_NAME`` (built on first use); any other value unchanged."""
-    if name_or_path == TINY_MODEL_NAME:
-        return str(ensure_tiny_model())
-    return name_or_path

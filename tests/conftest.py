@@ -39,6 +39,7 @@ TIERS = {
     "test_learner_scaling.py": "unit",
     "test_losses.py": "unit",
     "test_rollout_logp.py": "unit",
+    "test_rollout_records.py": "unit",
     "test_sfpo_learner.py": "unit",
     "test_slow_fast.py": "unit",
     "test_tiny_model.py": "unit",

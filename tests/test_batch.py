@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 from ray.rllib.core import DEFAULT_MODULE_ID
 
-from sfpo_rllib.batch import ADVANTAGES, MB_INDEX, MB_NUM_SEQS, MB_NUM_TOKENS, build_learner_batches, pad_rows
-from sfpo_rllib.causal_lm_module import ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS
+from sfpo_envs import Verdict
+from sfpo_rllib.batch import build_learner_batches, pad_rows
+from sfpo_rllib.columns import (ADVANTAGES, ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS, MB_INDEX, MB_NUM_SEQS,
+                                MB_NUM_TOKENS, Rollout)
 
 EOS = PAD = 7  # Qwen-style: the pad token is the eos token
 
@@ -15,13 +17,13 @@ def records(n, group_size=2, seed=0):
     out = []
     for i in range(n):
         completion = list(rng.integers(10, 20, size=rng.integers(1, 5))) + [EOS]
-        out.append({"prompt_ids": list(rng.integers(10, 20, size=rng.integers(2, 6))), "completion_ids": completion,
-                    "reward": float(rng.integers(0, 2))})
+        out.append(Rollout(list(rng.integers(10, 20, size=rng.integers(2, 6))), completion,
+                           Verdict.from_reward(float(rng.integers(0, 2)))))
     return out
 
 
 def test_layout_is_left_padded_prompt_then_completion_and_mask_keeps_eos():
-    rows = [{"prompt_ids": [11, 12], "completion_ids": [13, EOS]}, {"prompt_ids": [14], "completion_ids": [EOS]}]
+    rows = [Rollout([11, 12], [13, EOS]), Rollout([14], [EOS])]
     cols = pad_rows(rows, PAD)
     assert cols[INPUT_IDS].tolist() == [[11, 12, 13, EOS], [PAD, 14, EOS, PAD]]
     assert cols[ATTENTION_MASK].tolist() == [[1, 1, 1, 1], [0, 1, 1, 0]]

@@ -7,15 +7,12 @@ from ray.rllib.core import DEFAULT_MODULE_ID
 from random_models import VOCAB
 from sfpo_envs import TextSpace
 from sfpo_rllib.batch import pad_rows
-from sfpo_rllib.causal_lm_module import ATTENTION_MASK, COMPLETION_MASK, ENTROPY, INPUT_IDS, LOGP, CausalLMRLModule
+from sfpo_rllib.causal_lm_module import CausalLMRLModule
+from sfpo_rllib.columns import ATTENTION_MASK, COMPLETION_MASK, ENTROPY, INPUT_IDS, LOGP, Rollout
 from sfpo_rllib.engines import SamplingParams
 from sfpo_rllib.engines.hf import HFGenerateEngine
 
-ROWS = [
-    {"prompt_ids": [5, 6, 7], "completion_ids": [8, 9, 1]},
-    {"prompt_ids": [10], "completion_ids": [11, 1]},
-    {"prompt_ids": [12, 13], "completion_ids": [14, 15, 16, 17]},
-]
+ROWS = [Rollout([5, 6, 7], [8, 9, 1]), Rollout([10], [11, 1]), Rollout([12, 13], [14, 15, 16, 17])]
 
 
 def module_for(path, temperature=1.0):
@@ -36,11 +33,11 @@ def test_logp_matches_a_plain_forward_of_each_unpadded_row(random_model_factory,
     out = module.forward_train(as_tensors(pad_rows(ROWS, pad_token_id=0)))
     assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in module.modules())
     for i, row in enumerate(ROWS):
-        ids = torch.tensor([row["prompt_ids"] + row["completion_ids"]])
-        logits = module.lm(input_ids=ids).logits[0, len(row["prompt_ids"]) - 1 : -1] / 0.7  # (C_i, V)
+        ids = torch.tensor([row.prompt_ids + row.completion_ids])
+        logits = module.lm(input_ids=ids).logits[0, len(row.prompt_ids) - 1 : -1] / 0.7  # (C_i, V)
         log_probs = torch.log_softmax(logits.float(), dim=-1)
-        expected = log_probs.gather(-1, torch.tensor(row["completion_ids"]).unsqueeze(-1)).squeeze(-1)
-        n = len(row["completion_ids"])
+        expected = log_probs.gather(-1, torch.tensor(row.completion_ids).unsqueeze(-1)).squeeze(-1)
+        n = len(row.completion_ids)
         torch.testing.assert_close(out[LOGP][i, :n], expected, rtol=1e-4, atol=1e-5)
         entropy = -(log_probs.exp() * log_probs).sum(-1)
         torch.testing.assert_close(out[ENTROPY][i, :n], entropy, rtol=1e-4, atol=1e-5)
@@ -78,15 +75,15 @@ def test_generate_samples_from_the_distribution_the_loss_uses(random_model_facto
     assert len(completions) == 6
     for c in completions:
         assert 1 <= len(c) <= 6 and (c[-1] == 1 or len(c) == 6) and 1 not in c[:-1]
-    rows = [{"prompt_ids": prompts[i // 3], "completion_ids": c} for i, c in enumerate(completions)]
+    rows = [Rollout(prompts[i // 3], list(c)) for i, c in enumerate(completions)]
     recomputed = module.forward_train(as_tensors(pad_rows(rows, pad_token_id=0)))[LOGP]
     # The same rows through generate's own scores (left-padded batch, KV cache).
     width = max(len(p) for p in prompts)
     ids = torch.zeros(6, width, dtype=torch.long)
     mask = torch.zeros(6, width, dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r["prompt_ids"]) :] = torch.tensor(r["prompt_ids"])
-        mask[i, width - len(r["prompt_ids"]) :] = 1
+        ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
+        mask[i, width - len(r.prompt_ids) :] = 1
     torch.manual_seed(0)
     out = module.lm.generate(input_ids=ids, attention_mask=mask, generation_config=engine._generation_config(
         SamplingParams(max_new_tokens=6)), output_scores=True, return_dict_in_generate=True)

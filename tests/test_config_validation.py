@@ -101,3 +101,13 @@ def test_settings_survive_tune_round_trip(random_llama):
     again = SFPOConfig().update_from_dict(config.to_dict())
     assert (again.fast_steps, again.reposition_alpha, again.entropy_trigger) == (2, 0.5, "rise")
     assert again.model_name_or_path == random_llama
+
+
+def test_config_of_converts_settings_and_grpo_keeps_k_zero():
+    from sfpo_rllib import config_of
+
+    sfpo = SFPOConfig().training(fast_steps=3, lr=1e-4)
+    grpo = config_of("GRPO", sfpo.to_dict())
+    assert type(grpo) is GRPOConfig and grpo.fast_steps == 0 and grpo.lr == 1e-4
+    back = config_of("SFPO", sfpo.to_dict())
+    assert type(back) is SFPOConfig and back.fast_steps == 3 and back.lr == 1e-4

@@ -10,9 +10,11 @@ import ray
 import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
 
+from sfpo_envs import Verdict
 from sfpo_rllib import SFPOConfig
 from sfpo_rllib.batch import build_learner_batches, pad_rows, plan_micro_batches
 from sfpo_rllib.causal_lm_module import completion_logp_and_entropy, load_causal_lm
+from sfpo_rllib.columns import ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS, OLD_LOGP, Rollout
 from test_sfpo_learner import SPACES, learner_for, make_records, params_of
 
 
@@ -20,11 +22,11 @@ def uneven_records(n=16, seed=0):
     """Completion lengths from 1 to 24 tokens: padding to the longest wastes most compute."""
     rng = np.random.default_rng(seed)
     return [
-        {
-            "prompt_ids": rng.integers(3, 40, size=rng.integers(2, 8)).tolist(),
-            "completion_ids": rng.integers(3, 40, size=int(rng.choice([1, 2, 3, 20]))).tolist() + [1],
-            "reward": float(rng.random()),
-        }
+        Rollout(
+            prompt_ids=rng.integers(3, 40, size=rng.integers(2, 8)).tolist(),
+            completion_ids=rng.integers(3, 40, size=int(rng.choice([1, 2, 3, 20]))).tolist() + [1],
+            verdict=Verdict.from_reward(float(rng.random())),
+        )
         for _ in range(n)
     ]
 
@@ -45,11 +47,11 @@ def max_diff(a, b):
 def test_chunked_logp_and_entropy_equal_the_full_vocabulary_computation(random_model_factory, arch):
     lm = load_causal_lm(random_model_factory(arch))
     cols = {k: torch.from_numpy(v) for k, v in pad_rows(uneven_records(6), pad_token_id=0).items()}
-    mask = cols["completion_mask"]
+    mask = cols[COMPLETION_MASK]
     results = {}
     for chunk in (None, 5):  # None: the (tokens, vocab) tensor at once, as before
         lm.zero_grad()
-        logp, entropy = completion_logp_and_entropy(lm, cols["input_ids"], cols["attention_mask"], mask.shape[1], 0.7,
+        logp, entropy = completion_logp_and_entropy(lm, cols[INPUT_IDS], cols[ATTENTION_MASK], mask.shape[1], 0.7,
                                                     entropy_grad=True, completion_mask=mask, chunk_tokens=chunk)
         ((logp.exp() * mask).sum() + 0.3 * (logp * mask).sum() + 0.1 * (entropy * mask).sum()).backward()
         results[chunk] = logp.detach(), entropy.detach(), {n: p.grad.clone() for n, p in lm.named_parameters()}
@@ -194,7 +196,7 @@ def test_mixed_precision_really_computes_in_bf16(random_llama):
     mbs16, _ = bf16._to_minibatches(batch.policy_batches[DEFAULT_MODULE_ID])
     fp32._theta0_pass(mbs32)
     bf16._theta0_pass(mbs16)
-    diff = float((mbs32[0][0]["old_logp"] - mbs16[0][0]["old_logp"]).abs().max())
+    diff = float((mbs32[0][0][OLD_LOGP] - mbs16[0][0][OLD_LOGP]).abs().max())
     assert 1e-6 < diff < 0.1
 
 

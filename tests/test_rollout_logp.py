@@ -6,10 +6,11 @@ import pytest
 import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
 
-from sfpo_envs import TextSpace
+from sfpo_envs import TextSpace, Verdict
 from sfpo_rllib import SFPOConfig
-from sfpo_rllib.batch import ROLLOUT_LOGP, build_learner_batches, pad_rows
-from sfpo_rllib.causal_lm_module import COMPLETION_MASK, completion_logp_and_entropy, load_causal_lm
+from sfpo_rllib.batch import build_learner_batches, pad_rows
+from sfpo_rllib.causal_lm_module import completion_logp_and_entropy, load_causal_lm
+from sfpo_rllib.columns import ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS, ROLLOUT_LOGP, Rollout
 from sfpo_rllib.engines import Completion, SamplingParams
 from sfpo_rllib.engines.hf import HFGenerateEngine
 from sfpo_rllib.rollout_agreement import rollout_logp_gap
@@ -21,8 +22,8 @@ def recompute(lm, rows, temperature):
     cols = pad_rows(rows, pad_token_id=0)
     with torch.no_grad():
         logp, _ = completion_logp_and_entropy(
-            lm, torch.from_numpy(cols["input_ids"]), torch.from_numpy(cols["attention_mask"]),
-            cols["completion_mask"].shape[1], temperature,
+            lm, torch.from_numpy(cols[INPUT_IDS]), torch.from_numpy(cols[ATTENTION_MASK]),
+            cols[COMPLETION_MASK].shape[1], temperature,
         )
     return cols, logp
 
@@ -35,8 +36,7 @@ def test_hf_engine_logprobs_are_the_learners_at_the_temperature(random_model_fac
     engine = HFGenerateEngine(lm, pad_token_id=0, eos_token_id=1, max_batch_size=5)  # 3 generate calls
     completions = engine.generate(PROMPTS, 4, SamplingParams(max_new_tokens=7, temperature=temperature), seed=0)
     assert all(isinstance(c, Completion) and len(c.logprobs) == len(c) for c in completions)
-    rows = [{"prompt_ids": PROMPTS[i // 4], "completion_ids": list(c), "rollout_logp": c.logprobs}
-            for i, c in enumerate(completions)]
+    rows = [Rollout(PROMPTS[i // 4], list(c), rollout_logp=c.logprobs) for i, c in enumerate(completions)]
     cols, logp = recompute(lm, rows, temperature)
     mask = torch.from_numpy(cols[COMPLETION_MASK])
     rollout = torch.from_numpy(cols[ROLLOUT_LOGP])
@@ -66,11 +66,11 @@ def test_learner_reports_the_gap_to_theta0(random_model_factory):
     for i in range(16):
         prompt = rng.integers(3, 40, size=rng.integers(2, 6)).tolist()
         completion = rng.integers(3, 40, size=rng.integers(1, 6)).tolist() + [1]
-        records.append({"prompt_ids": prompt, "completion_ids": completion, "reward": float(i % 3)})
+        records.append(Rollout(prompt, completion, Verdict.from_reward(float(i % 3))))
     _, logp = recompute(lm, records, 1.0)
     for shift in (0.0, 0.25):
         for i, r in enumerate(records):
-            r["rollout_logp"] = (logp[i, : len(r["completion_ids"])] + shift).tolist()
+            r.rollout_logp = (logp[i, : len(r.completion_ids)] + shift).tolist()
         config = (SFPOConfig().environment("sfpo/Arithmetic-v0")
                   .training(group_size=4, train_batch_size_per_learner=16, minibatch_size=8, lr=1e-3)
                   .generation(model_name_or_path=path))

@@ -11,10 +11,12 @@ import pytest
 import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
 
-from sfpo_envs import TextSpace
+from sfpo_envs import TextSpace, Verdict
 from sfpo_rllib import SFPOConfig
-from sfpo_rllib.batch import ADVANTAGES, MB_INDEX, MB_NUM_SEQS, MB_NUM_TOKENS, build_learner_batches
-from sfpo_rllib.causal_lm_module import ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS, completion_logp_and_entropy, load_causal_lm
+from sfpo_rllib.batch import build_learner_batches
+from sfpo_rllib.causal_lm_module import completion_logp_and_entropy, load_causal_lm
+from sfpo_rllib.columns import (ADVANTAGES, ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS, MB_INDEX, MB_NUM_SEQS,
+                                MB_NUM_TOKENS, Rollout)
 from sfpo_rllib.losses import clipped_surrogate
 
 SPACES = {DEFAULT_MODULE_ID: (TextSpace(), TextSpace())}
@@ -24,11 +26,11 @@ LR = 0.5
 def make_records(n=16, seed=0, vocab=40, eos=1):
     rng = np.random.default_rng(seed)
     return [
-        {
-            "prompt_ids": rng.integers(3, vocab, size=rng.integers(2, 6)).tolist(),
-            "completion_ids": rng.integers(3, vocab, size=rng.integers(1, 6)).tolist() + [eos],
-            "reward": float(rng.random()),
-        }
+        Rollout(
+            prompt_ids=rng.integers(3, vocab, size=rng.integers(2, 6)).tolist(),
+            completion_ids=rng.integers(3, vocab, size=rng.integers(1, 6)).tolist() + [eos],
+            verdict=Verdict.from_reward(float(rng.random())),
+        )
         for _ in range(n)
     ]
 

@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sfpo_envs.arithmetic import generate_problems
 from sfpo_rllib import tiny_model
-from sfpo_rllib.tiny_model import TINY_MODEL_NAME, ensure_tiny_model, resolve_model, sampled_accuracy
+from sfpo_rllib.model_cache import TINY_MODEL_NAME, ensure_tiny_model, resolve_model
+from sfpo_rllib.tiny_model import sampled_accuracy
 
 # A smoke build: a handful of steps, no calibration, no test measurement.
 SMOKE = dict(steps=3, batch_size=8, target_accuracy=None, eval_problems=0)

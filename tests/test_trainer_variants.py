@@ -3,6 +3,7 @@ validation, truncated importance sampling in the learner, dynamic sampling and o
 handling, and LoRA adapters (what is trained, snapshotted, repositioned and exported)."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -12,8 +13,10 @@ from test_config_validation import valid
 from test_sfpo_learner import batch_for, learner_for, make_records, params_of
 
 from sfpo_rllib import SFPOConfig
-from sfpo_rllib.batch import COMPLETION_MASK, MB_NUM_TOKENS, ROLLOUT_LOGP, build_learner_batches
-from sfpo_rllib.causal_lm_module import ATTENTION_MASK, INPUT_IDS, completion_logp_and_entropy, load_causal_lm
+from sfpo_envs import Verdict
+from sfpo_rllib.batch import build_learner_batches
+from sfpo_rllib.causal_lm_module import completion_logp_and_entropy, load_causal_lm
+from sfpo_rllib.columns import ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS, MB_NUM_TOKENS, ROLLOUT_LOGP, Rollout
 from sfpo_rllib.dynamic_sampling import collect_batch, extra_round_prompts, overlong_penalty, shape_rewards
 from sfpo_rllib.lora import export, merged_state_dict
 
@@ -107,7 +110,7 @@ def rounds_of(*rewards_per_round):
 
     def sample_round(r):
         calls.append(r)
-        return [{"reward": x, "completion_ids": [5, 1], "round": r} for x in rewards_per_round[r]]
+        return [Rollout([3], [5, 1], Verdict.from_reward(float(x)), prompt_index=r) for x in rewards_per_round[r]]
 
     return sample_round, calls
 
@@ -116,13 +119,13 @@ def test_filter_groups_keeps_informative_groups_and_samples_more_rounds():
     sample_round, calls = rounds_of([1, 1, 0, 1, 0, 0], [1, 0, 1, 1, 0, 1])
     train, sampled, stats = collect_batch(sample_round, Settings(), num_groups=3)
     assert calls == [0, 1]
-    groups = [[r["reward"] for r in train[i : i + 2]] for i in range(0, 6, 2)]
+    groups = [[r.reward for r in train[i : i + 2]] for i in range(0, 6, 2)]
     assert groups == [[0, 1], [1, 0], [0, 1]]  # round 0's informative group first, in order
     assert stats == {"sampling_rounds": 2, "groups_sampled": 6, "groups_dropped": 3, "groups_repeated": 0,
                      "groups_uninformative": 0}
     assert len(sampled) == 12
     _, batch_stats = build_learner_batches(
-        [dict(r, prompt_ids=[3], completion_ids=[4, 1]) for r in train],
+        [dataclasses.replace(r, completion_ids=[4, 1]) for r in train],
         group_size=2, num_learners=0, minibatch_size_per_learner=6, pad_token_id=0,
     )
     assert batch_stats["groups_all_equal_reward"] == 0
@@ -132,7 +135,7 @@ def test_when_rounds_run_out_the_batch_is_filled_and_the_fill_is_reported():
     sample_round, calls = rounds_of([1, 1, 0, 1], [0, 0, 1, 1], [1, 1, 0, 0])
     train, _, stats = collect_batch(sample_round, Settings(), num_groups=2)
     assert calls == [0, 1, 2]  # 1 + max_sampling_rounds, no more
-    assert [r["reward"] for r in train] == [0, 1, 0, 1]  # the one informative group, repeated
+    assert [r.reward for r in train] == [0, 1, 0, 1]  # the one informative group, repeated
     assert stats["groups_repeated"] == 1 and stats["groups_uninformative"] == 0
     sample_round, _ = rounds_of([1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 0, 0])
     train, _, stats = collect_batch(sample_round, Settings(), num_groups=2)
@@ -158,16 +161,16 @@ def test_extra_round_prompts_are_a_function_of_seed_iteration_and_round():
 def test_overlong_penalty_matches_dapo():
     settings = Settings()
     settings.overlong_buffer = 4
-    records = [{"reward": 1.0, "completion_ids": [3] * n} for n in (4, 5, 6, 8)]
+    records = [Rollout([3], [3] * n, Verdict.from_reward(1.0)) for n in (4, 5, 6, 8)]
     shape_rewards(records, settings)
-    assert [r["reward"] for r in records] == [1.0, 0.75, 0.5, 0.0]  # linear over the last 4 tokens
-    assert [r["verifier_reward"] for r in records] == [1.0] * 4
+    assert [r.reward for r in records] == [1.0, 0.75, 0.5, 0.0]  # linear over the last 4 tokens
+    assert [r.verifier_reward for r in records] == [1.0] * 4
     assert overlong_penalty(8, max_new_tokens=8, buffer=4, penalty=0.5) == -0.5
 
 
 def test_mask_truncated_leaves_cut_completions_out_of_the_loss():
-    records = [dict(prompt_ids=[3], completion_ids=[4, 5, 1], reward=float(i % 2), stopped=True) for i in range(4)]
-    records[1].update(completion_ids=[4, 5, 6, 7], stopped=False)
+    records = [Rollout([3], [4, 5, 1], Verdict.from_reward(float(i % 2)), stopped=True) for i in range(4)]
+    records[1] = dataclasses.replace(records[1], completion_ids=[4, 5, 6, 7], stopped=False)
     (batch,), stats = build_learner_batches(records, group_size=2, num_learners=0, minibatch_size_per_learner=4,
                                             pad_token_id=0, mask_truncated=True)
     shard = batch.policy_batches[DEFAULT_MODULE_ID]
@@ -250,7 +253,8 @@ def test_hf_engine_samples_from_the_adapted_distribution_the_loss_uses(random_ll
     """With LoRA, generate's step-wise scores equal the training module's log-probs."""
     from sfpo_envs import TextSpace
     from sfpo_rllib.batch import pad_rows
-    from sfpo_rllib.causal_lm_module import LOGP, CausalLMRLModule
+    from sfpo_rllib.causal_lm_module import CausalLMRLModule
+    from sfpo_rllib.columns import LOGP
     from sfpo_rllib.engines import SamplingParams
     from sfpo_rllib.engines.hf import HFGenerateEngine
 
@@ -265,7 +269,7 @@ def test_hf_engine_samples_from_the_adapted_distribution_the_loss_uses(random_ll
     params = SamplingParams(max_new_tokens=6)
     prompts = [[5, 6, 7, 8], [9]]
     completions = engine.generate(prompts, n=3, params=params, seed=0)
-    rows = [{"prompt_ids": prompts[i // 3], "completion_ids": c} for i, c in enumerate(completions)]
+    rows = [Rollout(prompts[i // 3], list(c)) for i, c in enumerate(completions)]
     recomputed = module.forward_train({k: torch.from_numpy(v) for k, v in pad_rows(rows, 0).items()})[LOGP]
     base = load_causal_lm(random_llama)
     base_logp = mb_logp(base, pad_rows(rows, 0))
@@ -273,8 +277,8 @@ def test_hf_engine_samples_from_the_adapted_distribution_the_loss_uses(random_ll
     ids = torch.zeros(6, 4, dtype=torch.long)
     mask = torch.zeros(6, 4, dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, 4 - len(r["prompt_ids"]):] = torch.tensor(r["prompt_ids"])
-        mask[i, 4 - len(r["prompt_ids"]):] = 1
+        ids[i, 4 - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
+        mask[i, 4 - len(r.prompt_ids):] = 1
     torch.manual_seed(0)  # the engine's seed: the same samples again, now with their scores
     out = module.lm.generate(input_ids=ids, attention_mask=mask, generation_config=engine._generation_config(params),
                              output_scores=True, return_dict_in_generate=True)

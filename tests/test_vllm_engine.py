@@ -17,6 +17,7 @@ import torch
 
 from sfpo_rllib.batch import pad_rows
 from sfpo_rllib.causal_lm_module import completion_logp_and_entropy, load_causal_lm
+from sfpo_rllib.columns import ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS, Rollout
 from sfpo_rllib.engines import SamplingParams
 
 try:
@@ -62,12 +63,12 @@ def engine(qwen2_path):
 
 
 def learner_logp(lm, prompts, completions, n):
-    rows = [{"prompt_ids": prompts[i // n], "completion_ids": list(c)} for i, c in enumerate(completions)]
+    rows = [Rollout(prompts[i // n], list(c)) for i, c in enumerate(completions)]
     cols = pad_rows(rows, pad_token_id=0)
     with torch.no_grad():
         logp, _ = completion_logp_and_entropy(
-            lm, torch.from_numpy(cols["input_ids"]), torch.from_numpy(cols["attention_mask"]),
-            cols["completion_mask"].shape[1], TEMPERATURE,
+            lm, torch.from_numpy(cols[INPUT_IDS]), torch.from_numpy(cols[ATTENTION_MASK]),
+            cols[COMPLETION_MASK].shape[1], TEMPERATURE,
         )
     return logp
 

@@ -26,6 +26,8 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from sfpo_rllib.tune_progress import TrialLines
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 METRIC = "sfpo/test_accuracy"  # measured on the env named by test_env_config: validation here
 SEARCH_SPACE = {
@@ -112,6 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-concurrent", type=int, default=1)
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--output", default="runs/sweep")
+    parser.add_argument("--tune-verbose", type=int, default=0, choices=[0, 1, 2],
+                        help="Tune's own output: 0 (default) one line per trial event from us, errors and the final "
+                             "table from Tune; 1 adds Tune's per-trial config and result tables; 2 every result")
     args = parser.parse_args(argv)
     if args.iters % args.grace:
         parser.error(f"--iters ({args.iters}) must be a multiple of --grace ({args.grace}) so the last rung is tested.")
@@ -138,7 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
                 storage_path=os.path.join(output, "tune"),
                 checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=args.grace, num_to_keep=1,
                                                         checkpoint_at_end=True),
-                verbose=1,
+                # 0: no 150-line config table per trial; errors and the final table still show.
+                verbose=args.tune_verbose,
+                callbacks=[TrialLines(metric=METRIC)] if args.tune_verbose == 0 else [],
             ),
             tune_config=tune.TuneConfig(
                 num_samples=args.trials,
