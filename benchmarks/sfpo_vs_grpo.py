@@ -5,7 +5,9 @@ Arms (all on top of tuned_examples/arithmetic_sfpo.py, at the learning rate --lr
   SFPO K=3 a=0.8            the tuned example's fast-reposition-slow
   GRPO 4 epochs             the same number of optimizer steps as SFPO K=3, no reposition (α = 1)
   GRPO 4x lr                one pass per batch at 4 x lr (a tuned-lr GRPO; --no-lr-arm drops it)
-  SFPO abs trigger          only with --trigger-arm: the tuned SFPO with entropy_trigger="abs"
+
+With --trigger, the entropy trigger's rules instead (README, "The entropy trigger's default"):
+  GRPO, and the tuned SFPO with entropy_trigger "rise" at tau=1 and "abs" at tau=1 and tau=2.
 
 Each (arm, seed) is an ordinary training run kept under --output/runs/, so an interrupted or
 extended comparison re-uses what finished. Prints the table; --output gets report.md,
@@ -25,7 +27,17 @@ from sfpo_rllib.cli import main as cli
 TUNED = os.path.join(os.path.dirname(__file__), "..", "tuned_examples", "arithmetic_sfpo.py")
 
 
-def arms(lr: float, *, lr_arm: bool, trigger_arm: bool) -> dict[str, dict]:
+def trigger_arms(lr: float) -> dict[str, dict]:
+    sfpo = {"algo": "SFPO", "fast_steps": 3, "reposition_alpha": 0.8, "lr": lr}
+    return {
+        "GRPO": {"algo": "GRPO", "lr": lr},
+        "SFPO rise tau=1": {**sfpo, "entropy_trigger": "rise", "entropy_z_threshold": 1.0},
+        "SFPO abs tau=1": {**sfpo, "entropy_trigger": "abs", "entropy_z_threshold": 1.0},
+        "SFPO abs tau=2": {**sfpo, "entropy_trigger": "abs", "entropy_z_threshold": 2.0},
+    }
+
+
+def arms(lr: float, *, lr_arm: bool) -> dict[str, dict]:
     out = {
         "GRPO": {"algo": "GRPO", "lr": lr},
         "SFPO K=3 a=0.8": {"algo": "SFPO", "fast_steps": 3, "reposition_alpha": 0.8, "lr": lr},
@@ -33,9 +45,6 @@ def arms(lr: float, *, lr_arm: bool, trigger_arm: bool) -> dict[str, dict]:
     }
     if lr_arm:
         out["GRPO 4x lr"] = {"algo": "GRPO", "lr": 4 * lr}
-    if trigger_arm:
-        out["SFPO abs trigger"] = {"algo": "SFPO", "fast_steps": 3, "reposition_alpha": 0.8, "lr": lr,
-                                   "entropy_trigger": "abs"}
     return out
 
 
@@ -45,14 +54,15 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--iters", type=int, default=40)
     parser.add_argument("--no-lr-arm", action="store_true", help="leave out the GRPO-at-4x-lr arm")
-    parser.add_argument("--trigger-arm", action="store_true", help="add SFPO with the 'abs' entropy trigger")
+    parser.add_argument("--trigger", action="store_true", help="compare the entropy trigger's rules instead")
     parser.add_argument("--output", required=True)
     parser.add_argument("--num-cpus", type=int, default=2)
     args = parser.parse_args()
     os.makedirs(args.output, exist_ok=True)
     arms_file = os.path.join(args.output, "arms.json")
     with open(arms_file, "w") as f:
-        json.dump(arms(args.lr, lr_arm=not args.no_lr_arm, trigger_arm=args.trigger_arm), f, indent=1)
+        chosen = trigger_arms(args.lr) if args.trigger else arms(args.lr, lr_arm=not args.no_lr_arm)
+        json.dump(chosen, f, indent=1)
     cli(["compare", "--base", TUNED, "--arms", arms_file, "--seeds", args.seeds, "--iters", str(args.iters),
          "--baseline", "GRPO", "--output", args.output, "--num-cpus", str(args.num_cpus), "--no-progress"])
 
