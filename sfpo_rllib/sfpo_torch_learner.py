@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import tree
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.learner.training_data import TrainingData
@@ -85,6 +86,10 @@ PASS_DIAGNOSTICS = {
     "grad_norm": "gradients_default_optimizer_global_norm",
 }
 _NOT_LOGGED = object()
+
+
+def _own_copy(value):
+    return value.copy() if isinstance(value, np.ndarray) else value
 
 OPTIMIZERS = {
     "adamw": lambda params, c: torch.optim.AdamW(params, betas=tuple(c.adam_betas), weight_decay=c.weight_decay),
@@ -147,7 +152,10 @@ class SFPOTorchLearner(TorchLearner):
     @override(TorchLearner)
     def _set_optimizer_state(self, state) -> None:
         if not self._fsdp():
-            return super()._set_optimizer_state(state)
+            # Copy the arrays: a state sent to several learners on one node arrives as
+            # zero-copy numpy views of one shared Ray object, and RLlib's torch.from_numpy
+            # would let every learner's Adam update the same moments in place.
+            return super()._set_optimizer_state(tree.map_structure(_own_copy, state))
         sharding.load_full_optimizer_state(self._policy(), self.get_optimizer(DEFAULT_MODULE_ID), state["fsdp2_full_state"])
         self._gather_full_state()
 

@@ -120,18 +120,14 @@ def local_numel(learner):
     }
 
 
-@pytest.mark.parametrize("strategy", [
-    "ddp",
-    pytest.param("fsdp2", marks=[pytest.mark.xfail(
-        strict=True, raises=AssertionError, reason="FSDP2 learners shard parameters, θ⁰ and Adam state, but end ~1e-3 away from "
-                            "the local learner after 2 Adam steps at lr 1e-3: not yet found why")]),
-])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 @pytest.mark.slow
-def test_two_learners_with_micro_batches_match_a_local_unbatched_learner(random_llama, ray_session, strategy, monkeypatch):
-    monkeypatch.setenv("SFPO_RLLIB_EXPERIMENTAL_FSDP2", "1")
-    records = uneven_records(seed=3)
+def test_two_learners_with_micro_batches_match_a_local_unbatched_learner(random_llama, ray_session, strategy):
+    """Two iterations, with a checkpoint round trip (full model and AdamW state) before each."""
+    records, later = uneven_records(seed=3), uneven_records(seed=6)
     local = learner_for(random_llama, optimizer="adamw", lr=1e-3, grad_clip=0.5)
     local.update(batch=batches_for(records)[0], alpha=0.8, fast_steps=2)
+    local.update(batch=batches_for(later)[0], alpha=0.8, fast_steps=2)
     config = (
         SFPOConfig()
         .environment("sfpo/Arithmetic-v0")
@@ -145,10 +141,13 @@ def test_two_learners_with_micro_batches_match_a_local_unbatched_learner(random_
     group = config.build_learner_group(spaces=SPACES)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship local_numel to the learners
     try:
+        group.set_state(group.get_state())  # a fresh optimizer: no moments, no steps
         results = group.update(batches=batches_for(records, num_learners=2), alpha=0.8, fast_steps=2)
         counts = [r["sfpo"]["micro_batches"] for r in results]
         assert min(counts) > 2
         sizes = group.foreach_learner(local_numel)
+        group.set_state(group.get_state())  # the gathered full state, loaded back into the shards
+        group.update(batches=batches_for(later, num_learners=2), alpha=0.8, fast_steps=2)
         state = group.get_weights()[DEFAULT_MODULE_ID]
     finally:
         group.shutdown()
@@ -224,6 +223,13 @@ def test_fp16_mixed_precision_scales_the_loss_and_still_steps_like_fp32(random_l
 def test_scaling_settings_are_checked(settings, message):
     config = SFPOConfig().environment("sfpo/Arithmetic-v0").generation(max_new_tokens=128).scaling(**settings)
     with pytest.raises(ValueError, match=message):
+        config.validate()
+
+
+def test_fsdp2_clips_by_global_norm_only():
+    config = (SFPOConfig().environment("sfpo/Arithmetic-v0").training(grad_clip=1.0, grad_clip_by="value")
+              .scaling(learner_strategy="fsdp2"))
+    with pytest.raises(ValueError, match=r"`grad_clip_by` \('value'\) must be 'global_norm' with learner_strategy='fsdp2'"):
         config.validate()
 
 
