@@ -79,8 +79,9 @@ def test_plan_packs_sorted_rows_within_the_budget_and_names_a_row_that_cannot_fi
 @pytest.mark.parametrize("limits", [dict(max_tokens_per_micro_batch=40), dict(micro_batch_size=3)])
 def test_micro_batched_update_equals_one_forward_per_minibatch(random_llama, limits):
     batch = batches_for(uneven_records(seed=1))[0]
-    whole = learner_for(random_llama, optimizer="adamw", lr=1e-3, grad_clip=0.5)
-    micro = learner_for(random_llama, optimizer="adamw", lr=1e-3, grad_clip=0.5, **limits)
+    settings = dict(optimizer="adamw", lr=1e-3, grad_clip=0.5, kl_coeff=0.05)
+    whole = learner_for(random_llama, **settings)
+    micro = learner_for(random_llama, **settings, **limits)
     out_whole = whole.update(batch=copy.deepcopy(batch), alpha=0.8, fast_steps=2)
     out_micro = micro.update(batch=copy.deepcopy(batch), alpha=0.8, fast_steps=2)
     a, b = params_of(whole), params_of(micro)
@@ -93,6 +94,13 @@ def test_micro_batched_update_equals_one_forward_per_minibatch(random_llama, lim
     assert s_micro["entropy_sum"] == pytest.approx(s_whole["entropy_sum"], rel=1e-5)
     assert s_micro["real_tokens"] == s_whole["real_tokens"]
     assert s_micro["padding_efficiency"] > s_whole["padding_efficiency"]  # sorted rows, own widths
+    # Each optimizer step's diagnostics cover its whole minibatch, not its last micro-batch.
+    for stage in ("fast", "slow"):
+        d_whole, d_micro = s_whole["diagnostics"][stage], s_micro["diagnostics"][stage]
+        assert set(d_whole) == set(d_micro) >= {"policy_loss", "clipfrac", "approx_kl", "kl", "grad_norm"}
+        assert d_whole["approx_kl"] > 0 and d_whole["kl"] > 0
+        for name in d_whole:
+            assert d_micro[name] == pytest.approx(d_whole[name], rel=1e-5, abs=1e-6), (stage, name)
 
 
 def test_gradient_clipping_applies_once_to_the_accumulated_gradient(random_llama):
