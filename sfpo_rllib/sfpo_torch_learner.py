@@ -273,7 +273,7 @@ class SFPOTorchLearner(TorchLearner):
                     max_rows=self.config.micro_batch_size,
                 )
             except RowTooLongError as err:
-                raise ValueError(f"Minibatch {m}: {err}") from None
+                raise RowTooLongError(err.row, err.prompt, err.completion, err.budget, f"minibatch {m}") from None
             minibatches.append(micro_batches)
             for key in layout:
                 layout[key] += counts[key]
