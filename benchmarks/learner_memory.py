@@ -19,6 +19,8 @@ Completion lengths vary (uniform between L/4 and L), prompts 32-96 tokens.
 Run:  python benchmarks/learner_memory.py            (all rows; about 40 min on 2 busy cores)
       python benchmarks/learner_memory.py --quick    (rows up to 16 x 1024)
       python benchmarks/learner_memory.py --cli      (+ one SFPO iteration at 32 x 512 through the CLI)
+      python benchmarks/learner_memory.py --cli-only (only that CLI iteration: resident memory of
+                                                      all its processes, sampled every 0.5 s)
 The old path ("full": one forward per minibatch, the whole (tokens, vocab) log-softmax) is
 only run at 2 x 256 and 2 x 512 tokens: at 8 x 1024 it needs more than 24 GiB.
 """
@@ -153,19 +155,48 @@ def run_cli(model: str, workdir: str) -> dict:
            json.dumps(settings), "--stop-iters", "1", "--output", os.path.join(workdir, "run"), "--num-cpus", "2",
            "--no-progress"]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    peak_total, peak_procs = 0.0, 0
+    while proc.poll() is None:
+        total, procs = process_tree_pss_mib(proc.pid)
+        peak_total, peak_procs = max(peak_total, total), max(peak_procs, procs)
+        time.sleep(0.5)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if proc.returncode:
+        raise SystemExit(f"the CLI run failed (exit {proc.returncode})")
+    peak_one = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     with open(os.path.join(workdir, "run", "metrics.jsonl")) as f:
         row = json.loads(f.readlines()[-1])
-    return {"peak_rss_mib": peak, "wall_s": wall, "tokens": row.get("completion_tokens"),
-            "padding_efficiency": row.get("padding_efficiency"), "optimizer_steps": row.get("optimizer_steps")}
+    return {"peak_rss_mib": peak_total, "largest_process_rss_mib": peak_one, "processes": peak_procs, "wall_s": wall,
+            "tokens": row.get("completion_tokens"), "padding_efficiency": row.get("padding_efficiency"),
+            "optimizer_steps": row.get("optimizer_steps")}
+
+
+def process_tree_pss_mib(pid: int) -> tuple[float, int]:
+    """Resident memory of a process and all its descendants (the CLI, Ray's daemons, the
+    learner and env-runner workers), as the sum of their proportional set sizes: pages
+    they share (libraries, Ray's object store) are counted once, not once per process."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0, 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total / 2**20, len(procs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="rows up to 16 x 1024 only")
     parser.add_argument("--cli", action="store_true", help="also one SFPO iteration at 32 x 512 through the CLI")
+    parser.add_argument("--cli-only", action="store_true", help="only the CLI iteration (no learner rows)")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: model,path,completions,length
     args = parser.parse_args()
@@ -174,7 +205,7 @@ def main() -> None:
         print("RESULT " + json.dumps(run_one(model, path, int(completions), int(length))))
         return
 
-    rows = [r for r in ROWS if not args.quick or r[1] * r[2] <= 16 * 1024]
+    rows = [r for r in ROWS if not args.quick or r[1] * r[2] <= 16 * 1024] if not args.cli_only else []
     results = []
     with tempfile.TemporaryDirectory() as workdir:
         model = os.path.join(workdir, "qwen2-real-vocab")
@@ -204,12 +235,14 @@ def main() -> None:
             if r["path"] == "bounded":
                 print(f"per completion token, {r['completions']} x {r['length']}: "
                       f"{r['iter_mib'] * 1024 / r['tokens']:.1f} KiB above the learner's resting size")
-        if args.cli:
+        if args.cli or args.cli_only:
             r = run_cli(model, workdir)
             results.append({"path": "cli", **r})
-            print(f"\nCLI, one SFPO iteration (K=1), 32 x 512 tokens, budget 4096: peak RSS {r['peak_rss_mib']:.0f} MiB "
-                  f"({'within' if r['peak_rss_mib'] <= 6 * 1024 else 'OVER'} 6 GiB), {r['wall_s']:.0f} s, "
-                  f"{r['tokens']} completion tokens, padding efficiency {r['padding_efficiency']}")
+            print(f"\nCLI, one SFPO iteration (K=1), 32 x 512 tokens, budget 4096: peak resident memory of all "
+                  f"{r['processes']} processes {r['peak_rss_mib']:.0f} MiB (sum of PSS; "
+                  f"{'within' if r['peak_rss_mib'] <= 6 * 1024 else 'OVER'} 6 GiB), largest process "
+                  f"{r['largest_process_rss_mib']:.0f} MiB RSS, {r['wall_s']:.0f} s, {r['tokens']} completion tokens, "
+                  f"padding efficiency {r['padding_efficiency']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -75,12 +75,20 @@ def build_learner_batches(
     advantage_estimator: str = "grpo",
     advantage_std_norm: bool = True,
     mask_truncated: bool = False,
+    max_tokens_per_micro_batch: int | None = None,
 ) -> tuple[list[MultiAgentBatch], dict[str, Any]]:
     """Rollouts (groups of ``group_size`` consecutive completions) -> one batch per learner.
 
     ``mask_truncated`` zeroes the completion mask of completions that did not stop
     (``Rollout.stopped`` False): they leave the loss, its token counts and the entropy.
+    A rollout longer than ``max_tokens_per_micro_batch`` is a ``RowTooLongError`` here, on
+    the driver, before any learner sees it.
     """
+    if max_tokens_per_micro_batch is not None:
+        for row, r in enumerate(records):
+            prompt, completion = len(r.prompt_ids), max(len(r.completion_ids), 1)
+            if prompt + completion > max_tokens_per_micro_batch:
+                raise RowTooLongError(row, prompt, completion, max_tokens_per_micro_batch, "this iteration's rollouts")
     n = len(records)
     world = max(1, num_learners)
     global_mb = minibatch_size_per_learner * world
@@ -171,14 +179,22 @@ def plan_micro_batches(
 
 
 class RowTooLongError(ValueError):
-    def __init__(self, row: int, prompt: int, completion: int, budget: int):
-        self.row, self.length = row, prompt + completion
+    """A row longer than ``max_tokens_per_micro_batch``: the user's setting, not a bug. The
+    CLI reports it as one line also when a remote learner raised it (inside a RayTaskError)."""
+
+    def __init__(self, row: int, prompt: int, completion: int, budget: int, where: str = "this minibatch"):
+        self.row, self.prompt, self.completion, self.budget, self.where = row, prompt, completion, budget, where
+        self.length = prompt + completion
         super().__init__(
-            f"`max_tokens_per_micro_batch` ({budget}) is smaller than row {row} of this minibatch "
+            f"`max_tokens_per_micro_batch` ({budget}) is smaller than row {row} of {where} "
             f"({prompt} prompt + {completion} completion = {prompt + completion} tokens); a row cannot "
-            f"be split across micro-batches. Set max_tokens_per_micro_batch >= max_prompt_tokens + "
-            f"max_new_tokens (here at least {prompt + completion}), or lower max_new_tokens."
+            f"be split across micro-batches. Set max_tokens_per_micro_batch to at least {prompt + completion} "
+            f"(max_prompt_tokens + max_new_tokens; setting max_prompt_tokens lets the config check this "
+            f"before training), or lower max_new_tokens."
         )
+
+    def __reduce__(self):  # pickled across Ray with its fields, not only its message
+        return type(self), (self.row, self.prompt, self.completion, self.budget, self.where)
 
 
 def cut_micro_batches(

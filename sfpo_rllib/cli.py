@@ -109,6 +109,28 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def _user_error(err: BaseException) -> ValueError | None:
+    """The user-input error behind ``err``, or None for a bug (whose traceback must show).
+
+    Our checks raise ValueErrors. One raised in a remote learner or env runner arrives
+    wrapped in a RayTaskError (whose text is the remote traceback): its ``cause`` is the
+    original. A ``RowTooLongError`` is found however deep RLlib nested it."""
+    from ray.exceptions import RayTaskError
+
+    from sfpo_rllib.batch import RowTooLongError
+
+    chain, seen = [], err
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = getattr(seen, "cause", None) if isinstance(seen, RayTaskError) else seen.__cause__
+    for found in chain:  # a RayTaskError is also an instance of its cause's class: skip it
+        if isinstance(found, RowTooLongError) and not isinstance(found, RayTaskError):
+            return found
+    while isinstance(err, RayTaskError) and err.cause is not None and err.cause is not err:
+        err = err.cause
+    return err if isinstance(err, ValueError) and not isinstance(err, RayTaskError) else None
+
+
 def _run_tuned_example(path: str) -> dict:
     try:
         return runpy.run_path(path)
@@ -210,8 +232,11 @@ def train(args: argparse.Namespace) -> None:
             checkpoint_every=args.checkpoint_every,
             progress=not args.no_progress,
         )
-    except ValueError as err:
-        _fail(str(err))
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        _fail(str(user_error))
     finally:
         ray.shutdown()
     shown = {k: last[k] for k in ("iteration", "rollouts", "reward_mean", "test_accuracy") if k in last}
@@ -247,8 +272,11 @@ def compare(args: argparse.Namespace) -> None:
         comparing.compare(base, arms, seeds=seeds, iters=iters, output=args.output, baseline=args.baseline,
                           target=args.target, command="sfpo-rllib " + shlex.join(args.argv),
                           progress=not args.no_progress)
-    except ValueError as err:
-        _fail(str(err))
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        _fail(str(user_error))
     finally:
         ray.shutdown()
 

@@ -235,6 +235,7 @@ class SFPO(Algorithm):
             advantage_estimator=c.advantage_estimator,
             advantage_std_norm=c.advantage_std_norm,
             mask_truncated=c.mask_truncated,
+            max_tokens_per_micro_batch=c.max_tokens_per_micro_batch,
         )
         update_kwargs = dict(
             timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: self.rollouts + len(sampled)},

@@ -667,12 +667,12 @@ class SFPOConfig(AlgorithmConfig):
                         "autocast computes in the low precision)", "Set model_dtype='float32'.")
         self._check(_is_name(self.learner_strategy, LEARNER_STRATEGY_NAMES), "learner_strategy",
                     f"must be one of {LEARNER_STRATEGY_NAMES}", "Use 'ddp', or 'fsdp2' to shard a model too big for one device.")
-        # FSDP2 shards and trains (sharding.py), but on CPU/gloo its 2-learner result is not yet
-        # equal to DDP's (tests/test_learner_scaling.py, xfail): refuse it rather than train wrongly.
-        self._check(self.learner_strategy != "fsdp2" or os.environ.get("SFPO_RLLIB_EXPERIMENTAL_FSDP2") == "1",
-                    "learner_strategy", "is not validated yet: 2 FSDP2 learners do not yet reproduce 2 DDP learners "
-                    "(README: Training real models)", "Use 'ddp' (with LoRA or a smaller model if it does not fit), or "
-                    "set SFPO_RLLIB_EXPERIMENTAL_FSDP2=1 to try it anyway.")
+        if self.learner_strategy == "fsdp2" and self.grad_clip is not None:
+            # sharding.clip_grad_norm_ sums the shards' squared norms over learners; RLlib's
+            # per-tensor clipping modes would clip each learner's shard on its own.
+            self._check(self.grad_clip_by == "global_norm", "grad_clip_by",
+                        "must be 'global_norm' with learner_strategy='fsdp2' (sharded gradients)",
+                        "Set grad_clip_by='global_norm', or grad_clip=None, or learner_strategy='ddp'.")
 
     def _validate_model_and_env(self) -> None:
         from sfpo_rllib.env_factory import check_env_id

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import tree
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.learner.training_data import TrainingData
@@ -81,6 +82,15 @@ PASS_DIAGNOSTICS = {
     "grad_norm": "gradients_default_optimizer_global_norm",
 }
 _NOT_LOGGED = object()
+# Loss diagnostics that are a micro-batch's share of the minibatch's value (aggregated with
+# the minibatch's counts, like the loss): summed over its micro-batches. The others
+# (clipfrac, approx_kl, ...) are means over the micro-batch's completion tokens: averaged
+# weighted by those token counts. Either way one optimizer step logs the whole minibatch's.
+SHARE_DIAGNOSTICS = ("policy_loss", "kl")
+
+
+def _own_copy(value):
+    return value.copy() if isinstance(value, np.ndarray) else value
 
 OPTIMIZERS = {
     "adamw": lambda params, c: torch.optim.AdamW(params, betas=tuple(c.adam_betas), weight_decay=c.weight_decay),
@@ -95,6 +105,7 @@ class SFPOTorchLearner(TorchLearner):
         super().build()
         self._theta0 = ParameterSnapshot()
         self._optimizer_steps = 0  # lifetime count of optimizer steps on this learner
+        self._micro_stats: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []
         self._policy().entropy_grad = self.config.entropy_coeff != 0.0
         self._reference = None
         if self.config.kl_coeff > 0.0 and is_lora(self._policy().lm):
@@ -143,7 +154,10 @@ class SFPOTorchLearner(TorchLearner):
     @override(TorchLearner)
     def _set_optimizer_state(self, state) -> None:
         if not self._fsdp():
-            return super()._set_optimizer_state(state)
+            # Copy the arrays: a state sent to several learners on one node arrives as
+            # zero-copy numpy views of one shared Ray object, and RLlib's torch.from_numpy
+            # would let every learner's Adam update the same moments in place.
+            return super()._set_optimizer_state(tree.map_structure(_own_copy, state))
         sharding.load_full_optimizer_state(self._policy(), self.get_optimizer(DEFAULT_MODULE_ID), state["fsdp2_full_state"])
         self._gather_full_state()
 
@@ -255,7 +269,7 @@ class SFPOTorchLearner(TorchLearner):
                     max_rows=self.config.micro_batch_size,
                 )
             except RowTooLongError as err:
-                raise ValueError(f"Minibatch {m}: {err}") from None
+                raise RowTooLongError(err.row, err.prompt, err.completion, err.budget, f"minibatch {m}") from None
             minibatches.append(micro_batches)
             for key in layout:
                 layout[key] += counts[key]
@@ -329,6 +343,7 @@ class SFPOTorchLearner(TorchLearner):
         for optim in self._optimizer_parameters:
             optim.zero_grad(set_to_none=True)
         module = self.module[DEFAULT_MODULE_ID]
+        self._micro_stats = []  # filled by compute_loss_for_module, one entry per micro-batch
         sync_each = self._fsdp()  # FSDP2 reduce-scatters every micro-batch: gradients stay sharded
         scaler = self._grad_scalers[DEFAULT_MODULE_ID] if self._grad_scalers is not None else None
         for i, micro in enumerate(micro_batches):
@@ -343,9 +358,20 @@ class SFPOTorchLearner(TorchLearner):
         if scaler is not None:
             for optim in self._optimizer_parameters:
                 scaler.unscale_(optim)  # clip the true gradient, not the scaled one
+        self._log_minibatch_stats()
         gradients = {pid: p.grad for pid, p in self._params.items()}
         self.apply_gradients(self.postprocess_gradients(gradients))
         return None, None, {}
+
+    def _log_minibatch_stats(self) -> None:
+        """The loss diagnostics of the whole minibatch, from those of its micro-batches."""
+        tokens = sum(n for _, n in self._micro_stats)
+        for name in self._micro_stats[0][0]:
+            if name in SHARE_DIAGNOSTICS:
+                value = sum(stats[name] for stats, _ in self._micro_stats)
+            else:
+                value = sum(stats[name] * n for stats, n in self._micro_stats) / tokens.clamp(min=1.0)
+            self.metrics.log_value((DEFAULT_MODULE_ID, name), value, window=1)
 
     @override(TorchLearner)
     def apply_gradients(self, gradients_dict) -> None:
@@ -394,8 +420,7 @@ class SFPOTorchLearner(TorchLearner):
             total = total + config.kl_coeff * kl
             stats["kl"] = kl.detach()
         stats["policy_loss"] = policy_loss.detach()
-        for name, value in stats.items():
-            self.metrics.log_value((module_id, name), value, window=1)
+        self._micro_stats.append((stats, mask.sum()))  # logged per minibatch by _update
         # The loss is this shard's exact share of the global minibatch loss; DDP averages
         # gradients over learners, so scale by the world size to get their sum.
         return total * max(1, self.config.num_learners)

@@ -74,11 +74,18 @@ def max_over_learners(values: list[int]) -> list[int]:
 
 
 def gather_full_state(policy: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[dict, Any]:
-    """Full (unsharded) model and optimizer state on the first learner, {} elsewhere. Collective."""
+    """Full (unsharded) model and optimizer state on the first learner, {} elsewhere. Collective.
+
+    The optimizer state is None while the optimizer has not stepped yet: torch's
+    ``get_optimizer_state_dict`` would otherwise initialise it by running ``step()`` on zero
+    gradients, which counts as Adam's first step and changes its bias correction for every
+    later one (the learners would no longer match a local or DDP learner)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     model = get_model_state_dict(policy, options=_options())
-    optim = get_optimizer_state_dict(policy, optimizer, options=_options()) if optimizer is not None else None
+    optim = None
+    if optimizer is not None and optimizer.state:  # the same on every learner: they step together
+        optim = get_optimizer_state_dict(policy, optimizer, options=_options())
     return model, optim
 
 
@@ -89,8 +96,13 @@ def load_full_model_state(policy: torch.nn.Module, state: dict[str, torch.Tensor
     set_model_state_dict(policy, state, options=StateDictOptions(full_state_dict=True))
 
 
-def load_full_optimizer_state(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+def load_full_optimizer_state(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict | None) -> None:
+    """Every learner takes its shard of a full optimizer state (None: one that never stepped). Collective."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    if state is None:  # a fresh optimizer: no moments, no step count
+        optimizer.state.clear()
+        return
 
     set_optimizer_state_dict(policy, optimizer, state, options=StateDictOptions(full_state_dict=True))
 

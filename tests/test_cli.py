@@ -110,3 +110,36 @@ def test_bad_input_from_the_shell_prints_no_traceback():
     )
     assert proc.returncode == 2
     assert "`group_size` (1) must be an int >= 2" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_row_longer_than_the_micro_batch_budget_is_one_line(tmp_path, capsys):
+    """Without max_prompt_tokens the config cannot know the rows' lengths: the driver finds
+    the row before the (remote) learner gets it, and the CLI reports one line, exit code 2."""
+    settings = dict(SMALL, max_new_tokens=8, max_tokens_per_micro_batch=9, test_interval=0, num_learners=1)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--env", "sfpo/Arithmetic-v0", "--config", json.dumps(settings), "--stop-iters", "1",
+              "--output", str(tmp_path / "o"), "--num-cpus", "2", "--no-progress"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert exit_info.value.code == 2
+    assert len(errors) == 1 and "Traceback" not in err and "RowTooLongError" not in err, err
+    assert errors[0].startswith("sfpo-rllib: error: `max_tokens_per_micro_batch` (9) is smaller than row"), errors
+    assert "this iteration's rollouts" in errors[0] and "at least" in errors[0], errors
+
+
+def test_a_user_error_raised_in_a_remote_learner_is_unwrapped_for_the_one_line_report():
+    from ray.exceptions import RayTaskError
+
+    from sfpo_rllib.batch import RowTooLongError
+    from sfpo_rllib.cli import _user_error
+
+    cause = RowTooLongError(3, 20, 12, 30, "minibatch 1")
+    wrapped = RayTaskError("update", "Traceback (most recent call last): ...", cause).as_instanceof_cause()
+    assert isinstance(wrapped, RowTooLongError)  # what makes unwrapping necessary
+    assert str(_user_error(wrapped)) == str(cause) and "Traceback" not in str(_user_error(wrapped))
+    try:
+        raise RuntimeError("RLlib's wrapper") from wrapped
+    except RuntimeError as nested:
+        assert str(_user_error(nested)) == str(cause)
+    assert _user_error(RayTaskError("f", "tb", KeyError("bug")).as_instanceof_cause()) is None  # a bug keeps its traceback
+    assert "row 3 of minibatch 1" in str(cause) and "32 tokens" in str(cause)

@@ -89,6 +89,15 @@ def test_settings_through_the_cli(setting, value, capsys, tmp_path):
     assert f"`{setting}`" in err
 
 
+def test_a_micro_batch_budget_below_the_longest_possible_row_is_refused_before_training(tmp_path, capsys):
+    """max_prompt_tokens + max_new_tokens bounds every row: a smaller budget is a config error."""
+    settings = {"max_prompt_tokens": 64, "max_new_tokens": 8, "max_tokens_per_micro_batch": 70}
+    err = cli_error(["train", *ENV, "--config", json.dumps(settings), "--output", str(tmp_path / "o")], capsys)
+    assert "`max_tokens_per_micro_batch` (70) must hold the longest row (max_prompt_tokens 64 + max_new_tokens 8)" in err
+    assert "Use at least 72" in err
+    small(**dict(settings, max_tokens_per_micro_batch=72)).validate()  # exactly the longest row fits
+
+
 def test_every_flag_with_a_bad_value(tmp_path, capsys):
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
