@@ -4,6 +4,8 @@ With ``lora_rank > 0`` the policy's causal LM is wrapped by ``peft.get_peft_mode
 base weights are frozen and only the adapters (A, B of each targeted linear layer) have
 ``requires_grad``. Everything SFPO does to "the parameters" then covers the adapters
 alone: the optimizer, the θ⁰ snapshot and the reposition θ̃ = θ⁰ + α(θᴷ − θ⁰).
+Modules named in ``modules_to_save`` (PEFT's: a trained copy beside the frozen original)
+join the adapters in all of that, in the KL anchor (off with them) and in the export.
 
 The learners and the env runners build the same wrapped module from the same settings,
 so a weight sync moves the adapters as they are and the ``hf`` engine samples from

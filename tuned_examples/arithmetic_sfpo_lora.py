@@ -16,7 +16,7 @@ Run:  sfpo-rllib train file tuned_examples/arithmetic_sfpo_lora.py --output runs
 
 from sfpo_rllib import SFPOConfig
 
-stop_iters = 30
+stop_iters = 40
 
 config = (
     SFPOConfig()
@@ -30,12 +30,13 @@ config = (
         group_size=8,
         train_batch_size_per_learner=256,  # 32 prompts x 8 samples
         minibatch_size=128,
-        lr=1e-4,  # <- crucial: 1e-3 lowered reward here (each adapter step moves W by ~(α/r)·r·|A|·lr)
+        lr=3e-5,  # as full fine-tuning: the final norm moves at the rate that sharpens it there
         grad_clip=1.0,
         weight_decay=0.0,
         lora_rank=8,  # <- crucial: LoRA on
         lora_alpha=16.0,
         lora_target_modules="all-linear",
+        lora_modules_to_save=["model.norm"],  # <- crucial: this model sharpens through its final norm
     )
     .generation(model_name_or_path="sfpo-tiny-arithmetic", max_new_tokens=16, temperature=1.0)
     .held_out_test(test_interval=10, test_num_problems=200, test_samples_per_problem=4)
