@@ -1,6 +1,6 @@
 """Issue 9's "a short LoRA run on the embedded model raises reward": the LoRA tuned example
-(rank-8 adapters on every linear layer plus the final norm, SFPO K=3 α=0.8) for 10
-iterations at lr 1e-4, the short setting measured in the README's LoRA section."""
+(rank-8 adapters on every linear layer plus the final norm, SFPO K=3 α=0.8, lr 1e-4) for
+its first 10 iterations, measured in the README's LoRA section."""
 
 import os
 import runpy
@@ -18,7 +18,7 @@ ITERS = 10
 def test_lora_with_the_final_norm_raises_held_out_accuracy_on_the_embedded_model(ray_session, tmp_path):
     example = runpy.run_path(EXAMPLE)
     config = example["config"].copy(copy_frozen=False)
-    config.training(lr=1e-4).held_out_test(test_interval=ITERS)  # 200 problems x 4 samples, before and after
+    config.held_out_test(test_interval=ITERS)  # 200 problems x 4 samples, before and after
     run_training(config, stop_iters=ITERS, output_dir=str(tmp_path / "run"), progress=False)
     rows = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
     start, end = (r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None)
