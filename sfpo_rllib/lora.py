@@ -4,6 +4,8 @@ With ``lora_rank > 0`` the policy's causal LM is wrapped by ``peft.get_peft_mode
 base weights are frozen and only the adapters (A, B of each targeted linear layer) have
 ``requires_grad``. Everything SFPO does to "the parameters" then covers the adapters
 alone: the optimizer, the θ⁰ snapshot and the reposition θ̃ = θ⁰ + α(θᴷ − θ⁰).
+Modules named in ``modules_to_save`` (PEFT's: a trained copy beside the frozen original)
+join the adapters in all of that, in the KL anchor (off with them) and in the export.
 
 The learners and the env runners build the same wrapped module from the same settings,
 so a weight sync moves the adapters as they are and the ``hf`` engine samples from
@@ -43,12 +45,14 @@ def apply_lora(model, settings: Mapping[str, Any] | None):
         lora_alpha=settings["lora_alpha"],
         target_modules=settings["target_modules"],
         lora_dropout=settings["lora_dropout"],
+        modules_to_save=settings.get("modules_to_save"),
         bias="none",
         task_type="CAUSAL_LM",
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(settings.get("seed", 0)))
         wrapped = get_peft_model(model, lora_config)
+    _check_modules_to_save(wrapped, settings.get("modules_to_save"))
     checkpointing = getattr(model, "is_activation_checkpointing", None)
     if checkpointing is None:  # transformers < 5.x's name
         checkpointing = getattr(model, "is_gradient_checkpointing", False)
@@ -56,6 +60,21 @@ def apply_lora(model, settings: Mapping[str, Any] | None):
         # With frozen embeddings, checkpointed blocks would see inputs without grad.
         model.enable_input_require_grads()
     return wrapped
+
+
+def _check_modules_to_save(wrapped, names) -> None:
+    """Every name in ``modules_to_save`` must have matched a module: PEFT skips the others silently."""
+    from peft.utils import ModulesToSaveWrapper
+
+    wrapped_paths = [path for path, module in wrapped.get_base_model().named_modules()
+                     if isinstance(module, ModulesToSaveWrapper)]
+    missing = [n for n in names or () if not any(p.endswith(n) for p in wrapped_paths)]
+    if missing:
+        paths = sorted((p for p, _ in wrapped.get_base_model().named_modules()
+                        if p.endswith(("norm", "lm_head", "embed_tokens"))), key=lambda p: (p.count("."), p))
+        raise ValueError(f"`lora_modules_to_save` ({missing!r}) names no module of "
+                         f"{type(wrapped.get_base_model()).__name__}: a name must end a module path, such as "
+                         f"{paths[:6]!r}. Fix the names or drop them.")
 
 
 class AdaptersDisabled:
@@ -75,7 +94,8 @@ class AdaptersDisabled:
 
 
 def merged_state_dict(model) -> dict[str, torch.Tensor]:
-    """Hugging Face-named weights with the adapters merged in: W + (α/r)·B·A.
+    """Hugging Face-named weights with the adapters merged in: W + (α/r)·B·A, and the
+    trained copy of each module in ``modules_to_save`` in place of the original.
 
     Computed without touching ``model`` (``merge_and_unload`` would change it in place).
     For a model without adapters this is its plain state dict.
@@ -83,6 +103,7 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     if not is_lora(model):
         return model.state_dict()
     from peft.tuners.lora import LoraLayer
+    from peft.utils import ModulesToSaveWrapper
 
     base = model.get_base_model()
     deltas = {}
@@ -93,10 +114,22 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
                     delta = module.get_delta_weight(adapter)
                     key = f"{name}.weight"
                     deltas[key] = deltas[key] + delta if key in deltas else delta
+        renames = {}  # a modules_to_save wrapper's prefix -> (prefix of the copy in use, HF prefix)
+        for name, module in base.named_modules():
+            if isinstance(module, ModulesToSaveWrapper):
+                active = module.active_adapter
+                in_use = ("original_module" if module.disable_adapters or active not in module.modules_to_save
+                          else f"modules_to_save.{active}")
+                renames[f"{name}."] = f"{name}.{in_use}."
         out = {}
         for key, value in base.state_dict().items():
             if ".lora_" in key:
                 continue
+            wrapper = next((w for w in renames if key.startswith(w)), None)
+            if wrapper is not None:
+                if not key.startswith(renames[wrapper]):
+                    continue  # the copy not in use
+                key = wrapper + key[len(renames[wrapper]):]
             key = key.replace(".base_layer.", ".")
             out[key] = (value + deltas[key].to(value.dtype)) if key in deltas else value
     return out

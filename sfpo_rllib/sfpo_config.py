@@ -94,6 +94,7 @@ class SFPOConfig(AlgorithmConfig):
         self.lora_alpha = 16.0
         self.lora_target_modules: str | list[str] = "all-linear"
         self.lora_dropout = 0.0
+        self.lora_modules_to_save: list[str] | None = None  # PEFT's modules_to_save: trained in full
         self.optimizer = "adamw"
         self.weight_decay = 0.01
         self.adam_betas = (0.9, 0.999)
@@ -156,6 +157,7 @@ class SFPOConfig(AlgorithmConfig):
         lora_alpha=NotProvided,
         lora_target_modules=NotProvided,
         lora_dropout=NotProvided,
+        lora_modules_to_save=NotProvided,
         optimizer=NotProvided,
         weight_decay=NotProvided,
         adam_betas=NotProvided,
@@ -210,6 +212,12 @@ class SFPOConfig(AlgorithmConfig):
             lora_target_modules: "all-linear" or a list of module names (e.g.
                 ["q_proj", "v_proj"]).
             lora_dropout: dropout on the adapters' input (0 keeps the ratio at exactly 1 at θ⁰).
+            lora_modules_to_save: modules trained in full beside the adapters (PEFT's
+                `modules_to_save`), e.g. ["model.norm"] for a Llama's final norm; a name
+                matches every module whose path ends with it ("norm" is every norm layer).
+                They are snapshotted and repositioned with the adapters, disabled with them
+                for the KL anchor, and exported in both final_model/ and final_adapter/.
+                None = adapters only.
             optimizer: "adamw" (paper), "adam" or "sgd".
             weight_decay: optimizer weight decay.
             adam_betas: (β1, β2) for Adam/AdamW.
@@ -272,6 +280,8 @@ class SFPOConfig(AlgorithmConfig):
             self.lora_target_modules = lora_target_modules
         if lora_dropout is not NotProvided:
             self.lora_dropout = lora_dropout
+        if lora_modules_to_save is not NotProvided:
+            self.lora_modules_to_save = lora_modules_to_save
         if optimizer is not NotProvided:
             self.optimizer = optimizer
         if weight_decay is not NotProvided:
@@ -447,6 +457,7 @@ class SFPOConfig(AlgorithmConfig):
             "lora_alpha": self.lora_alpha,
             "target_modules": targets if isinstance(targets, str) else list(targets),
             "lora_dropout": self.lora_dropout,
+            "modules_to_save": list(self.lora_modules_to_save) if self.lora_modules_to_save else None,
             "seed": self.seed if self.seed is not None else 0,
         }
 
@@ -585,6 +596,10 @@ class SFPOConfig(AlgorithmConfig):
                     "must be 'all-linear' or a non-empty list of module names", "Use 'all-linear'.")
         self._check(_is_num(self.lora_dropout) and 0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)",
                     "Use 0.0.")
+        keep = self.lora_modules_to_save
+        self._check(keep is None or (isinstance(keep, (list, tuple)) and keep
+                    and all(isinstance(t, str) and t for t in keep)), "lora_modules_to_save",
+                    "must be None or a non-empty list of module names", 'Use None, or e.g. ["model.norm"].')
         try:
             import peft  # noqa: F401
         except ImportError:

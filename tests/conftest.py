@@ -51,6 +51,7 @@ TIERS = {
     "test_cli.py": "ray",
     "test_compare.py": "ray",
     "test_evaluate.py": "ray",
+    "test_lora_reward.py": "ray",
     "test_plugin_env.py": "ray",
     "test_runs.py": "ray",
     "test_sweep.py": "ray",

@@ -40,11 +40,13 @@ WRONG_VALUE = {
     "clip_param_high": 0, "clip_ratio_c": 1.0, "kl_estimator": "k4", "tis_cap": 0, "filter_groups": 1,
     "max_sampling_rounds": -1, "mask_truncated": 1, "overlong_buffer": 8, "overlong_penalty": -1,
     "lora_rank": -1, "lora_alpha": 0, "lora_target_modules": [], "lora_dropout": 1.0,
+    "lora_modules_to_save": [],
     "max_tokens_per_micro_batch": 0, "micro_batch_size": 0, "logp_chunk_tokens": 0, "mixed_precision": "fp8",
     "learner_strategy": "zero3",
 }
 # Settings that are only checked where they apply: the others they need.
-NEEDS = {"lora_alpha": {"lora_rank": 4}, "lora_target_modules": {"lora_rank": 4}, "lora_dropout": {"lora_rank": 4}}
+NEEDS = {"lora_alpha": {"lora_rank": 4}, "lora_target_modules": {"lora_rank": 4}, "lora_dropout": {"lora_rank": 4},
+         "lora_modules_to_save": {"lora_rank": 4}}
 
 
 def test_the_table_covers_every_setter_setting():

@@ -43,6 +43,8 @@ from sfpo_rllib.lora import export, merged_state_dict
         ({"lora_rank": 4, "lora_alpha": 0}, r"`lora_alpha` \(0\) must be > 0"),
         ({"lora_rank": 4, "lora_target_modules": []}, r"`lora_target_modules` \(\[\]\) must be 'all-linear' or a non-empty list"),
         ({"lora_rank": 4, "lora_dropout": 1.0}, r"`lora_dropout` \(1.0\) must be in \[0, 1\)"),
+        ({"lora_rank": 4, "lora_modules_to_save": "model.norm"},
+         r"`lora_modules_to_save` \('model.norm'\) must be None or a non-empty list of module names"),
     ],
 )
 def test_invalid_new_settings_are_named_with_value_and_rule(random_llama, settings, pattern):
@@ -203,15 +205,45 @@ def test_lora_trains_snapshots_and_repositions_the_adapters_alone(random_llama):
         assert torch.equal(after[k], before[k]) != (".lora_" in k), k  # adapters move, the base never
 
 
-def test_lora_alpha_one_equals_k_plus_one_epochs_bit_for_bit(random_llama):
+# The final norm trained in full beside the adapters (PEFT's modules_to_save): the embedded
+# model's sharpening direction, which adapters on linear layers cannot reach.
+SAVE_NORM = dict(lora_modules_to_save=["model.norm"])
+WITH_AND_WITHOUT_SAVED_MODULES = pytest.mark.parametrize("saved", [{}, SAVE_NORM], ids=["adapters", "adapters+norm"])
+
+
+@WITH_AND_WITHOUT_SAVED_MODULES
+def test_lora_alpha_one_equals_k_plus_one_epochs_bit_for_bit(random_llama, saved):
     batch = batch_for(make_records(seed=3))
-    sfpo = learner_for(random_llama, fast_steps=3, reposition_alpha=1.0, **LORA)
-    grpo = learner_for(random_llama, fast_steps=0, num_epochs=4, **LORA)
+    sfpo = learner_for(random_llama, fast_steps=3, reposition_alpha=1.0, **LORA, **saved)
+    grpo = learner_for(random_llama, fast_steps=0, num_epochs=4, **LORA, **saved)
+    before = named(sfpo, True)
     sfpo.update(batch=copy.deepcopy(batch), alpha=1.0, fast_steps=3)
     grpo.update(batch=copy.deepcopy(batch), alpha=0.0, fast_steps=0)
     a, b = named(sfpo, True), named(grpo, True)
     assert any(float(v.abs().max()) > 0 for k, v in a.items() if ".lora_B" in k)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    saved_copies = [k for k in a if ".modules_to_save." in k]
+    assert len(saved_copies) == len(saved.get("lora_modules_to_save", []))
+    assert all(not torch.equal(a[k], before[k]) for k in saved_copies)  # the saved norm trains too
+
+
+def test_lora_modules_to_save_train_snapshot_and_reposition_with_the_adapters(random_llama):
+    learner = learner_for(random_llama, **LORA, **SAVE_NORM)
+    trainable = named(learner, only_trainable=True)
+    assert [k for k in trainable if ".lora_" not in k] == ["base_model.model.model.norm.modules_to_save.default.weight"]
+    before = named(learner)
+    out = learner.update(batch=batch_for(make_records(seed=8)), alpha=0.8, fast_steps=3)
+    after = named(learner)
+    assert len(learner._theta0._theta0) == len(trainable)
+    assert out["sfpo"]["reposition_distance"] > 0
+    for k in after:  # adapters and the norm's trained copy move; the base, its original norm included, never
+        assert torch.equal(after[k], before[k]) != (k in trainable), k
+
+
+def test_lora_modules_to_save_that_match_nothing_are_refused(random_llama):
+    with pytest.raises(ValueError, match=r"`lora_modules_to_save` \(\['final_norm'\]\) names no module of "
+                                         r"LlamaForCausalLM: a name must end a module path, such as \[.*'model.norm'"):
+        learner_for(random_llama, **LORA, lora_modules_to_save=["final_norm"])
 
 
 def mb_logp(model, shard):
@@ -220,12 +252,13 @@ def mb_logp(model, shard):
                                            shard[COMPLETION_MASK].shape[1], 1.0)[0]
 
 
-def test_lora_kl_anchor_is_the_base_model_and_exports_match_the_policy(random_llama, tmp_path):
+@WITH_AND_WITHOUT_SAVED_MODULES
+def test_lora_kl_anchor_is_the_base_model_and_exports_match_the_policy(random_llama, tmp_path, saved):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     batch = batch_for(make_records(seed=9))
-    learner = learner_for(random_llama, kl_coeff=0.1, **LORA)
+    learner = learner_for(random_llama, kl_coeff=0.1, **LORA, **saved)
     learner.update(batch=copy.deepcopy(batch), alpha=0.8, fast_steps=3)
     shard = batch.policy_batches[DEFAULT_MODULE_ID]
     policy = learner.module[DEFAULT_MODULE_ID].lm

@@ -2,13 +2,19 @@
 
 Task:     sfpo/Arithmetic-v0 (left-to-right +/- chains, 3 operands in 0..20), exact verifier.
 Model:    sfpo-tiny-arithmetic (0.55M parameters); rank-8 adapters on every linear layer but
-          the output head are the only trained parameters, so the θ⁰ snapshot and the
-          reposition cover the adapters alone.
+          the output head, plus the final norm trained in full (`lora_modules_to_save`,
+          128 weights), are the only trained parameters, so the θ⁰ snapshot and the
+          reposition cover them alone. This model sharpens through its final norm (README,
+          "The embedded default"), which adapters on linear layers cannot reach.
 Hardware: 2 CPU cores, no GPU (all-local: 0 env runners, 0 learners).
-Expected: measured so far, reward stays flat at lr 1e-4 (and fell at 1e-3) on this model,
-          whose sharpening direction (the final norm) LoRA does not train; see the
-          README's LoRA section. The example shows the settings; it is not a tuned result.
-Time:     2-3 minutes on 2 cores, plus 2-3 minutes to build the model on first use.
+Expected: held-out accuracy (200 test problems x 4 samples at temperature 1) rises by
+          +15.4 +- 1.6 points [+14.3, +17.2] in 40 iterations over seeds 0, 1, 2 (from
+          23-25%); adapters alone at this lr do not gain (README, "LoRA adapters (PEFT)").
+          Re-measure with
+          sfpo-rllib compare --base tuned_examples/arithmetic_sfpo_lora.py \
+              --arm 'LoRA + final norm, lr 1e-4={"lr": 1e-4}' --seeds 0,1,2 --iters 40 --output runs/lora_compare
+Time:     2-3 minutes on 2 idle cores (estimated from its CPU time on a busy machine),
+          plus 2-3 minutes to build the model on first use.
 Outputs:  final_model/ (adapters merged, plain transformers) and final_adapter/ (PEFT).
 
 Run:  sfpo-rllib train file tuned_examples/arithmetic_sfpo_lora.py --output runs/arithmetic_sfpo_lora
@@ -16,7 +22,7 @@ Run:  sfpo-rllib train file tuned_examples/arithmetic_sfpo_lora.py --output runs
 
 from sfpo_rllib import SFPOConfig
 
-stop_iters = 30
+stop_iters = 40
 
 config = (
     SFPOConfig()
@@ -30,12 +36,13 @@ config = (
         group_size=8,
         train_batch_size_per_learner=256,  # 32 prompts x 8 samples
         minibatch_size=128,
-        lr=1e-4,  # <- crucial: 1e-3 lowered reward here (each adapter step moves W by ~(α/r)·r·|A|·lr)
+        lr=1e-4,  # <- crucial with the norm: 3e-5 (full fine-tuning's) gains far less in 40 iterations
         grad_clip=1.0,
         weight_decay=0.0,
         lora_rank=8,  # <- crucial: LoRA on
         lora_alpha=16.0,
         lora_target_modules="all-linear",
+        lora_modules_to_save=["model.norm"],  # <- crucial: this model sharpens through its final norm
     )
     .generation(model_name_or_path="sfpo-tiny-arithmetic", max_new_tokens=16, temperature=1.0)
     .held_out_test(test_interval=10, test_num_problems=200, test_samples_per_problem=4)
