@@ -1,6 +1,6 @@
 """SFPO vs fair GRPO baselines, over seeds: a thin front end to `sfpo-rllib compare`.
 
-Arms (all on top of tuned_examples/arithmetic_sfpo.py, at the learning rate --lr):
+Arms (all on top of --base, default tuned_examples/arithmetic_sfpo.py, at the learning rate --lr):
   GRPO                      one pass per batch (K = 0)
   SFPO K=3 a=0.8            the tuned example's fast-reposition-slow
   GRPO 4 epochs             the same number of optimizer steps as SFPO K=3, no reposition (α = 1)
@@ -50,6 +50,7 @@ def arms(lr: float, *, lr_arm: bool) -> dict[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default=TUNED, help="tuned-example file every arm starts from")
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--iters", type=int, default=40)
@@ -63,7 +64,7 @@ def main() -> None:
     with open(arms_file, "w") as f:
         chosen = trigger_arms(args.lr) if args.trigger else arms(args.lr, lr_arm=not args.no_lr_arm)
         json.dump(chosen, f, indent=1)
-    cli(["compare", "--base", TUNED, "--arms", arms_file, "--seeds", args.seeds, "--iters", str(args.iters),
+    cli(["compare", "--base", args.base, "--arms", arms_file, "--seeds", args.seeds, "--iters", str(args.iters),
          "--baseline", "GRPO", "--output", args.output, "--num-cpus", str(args.num_cpus), "--no-progress"])
 
 
