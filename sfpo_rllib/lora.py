@@ -16,6 +16,7 @@ weights (vLLM) get the merged weights W + (α/r)·B·A under Hugging Face names.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -49,7 +50,10 @@ def apply_lora(model, settings: Mapping[str, Any] | None):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # PEFT 0.21 reads transformers' old `is_gradient_checkpointing` name, and transformers 5
+        # warns on every run; a notice between two libraries that no user can act on.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         torch.manual_seed(int(settings.get("seed", 0)))
         wrapped = get_peft_model(model, lora_config)
     _check_modules_to_save(wrapped, settings.get("modules_to_save"))
