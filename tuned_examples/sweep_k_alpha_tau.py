@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
         from sfpo_rllib.evaluate import run_evaluate
 
         sfpo_rllib.register()
+        # Tune warns about its own experiment snapshots whenever short trials checkpoint
+        # often (each test rung); nothing a user of this sweep can act on.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         tuner = tune.Tuner(
             "SFPO",
             param_space=param_space,
@@ -149,10 +152,11 @@ def main(argv: list[str] | None = None) -> dict:
             ),
             tune_config=tune.TuneConfig(
                 num_samples=args.trials,
-                max_concurrent_trials=args.max_concurrent,
                 scheduler=ASHAOnTests(metric=METRIC, mode="max", time_attr="training_iteration", max_t=args.iters,
                                       grace_period=args.grace, reduction_factor=2),
-                search_alg=tune.search.BasicVariantGenerator(random_state=args.seed),
+                # The generator limits concurrency itself: TuneConfig's max_concurrent_trials is
+                # ignored (with a warning) when the search algorithm is a generator.
+                search_alg=tune.search.BasicVariantGenerator(random_state=args.seed, max_concurrent=args.max_concurrent),
             ),
         )
         results = tuner.fit()
