@@ -105,6 +105,10 @@ class SFPO(Algorithm):
         self.trigger = EntropyTrigger(
             window=config.entropy_window, z_threshold=config.entropy_z_threshold, rule=config.entropy_trigger
         )
+        # SFPO's own counters, the only ones its logic reads (prompt schedule, trigger, seeds,
+        # metrics rows). RLlib's training_iteration counts train() calls, which run several
+        # training steps when `min_time_s_per_iteration`/`min_sample_timesteps_per_iteration`
+        # are set; the runners' num_env_steps_sampled_lifetime is RLlib's EnvRunner contract.
         self.sfpo_iteration = 0
         self.rollouts = 0
         self.run_seed = config.seed if config.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
