@@ -13,6 +13,7 @@ RLlib's included (``num_learners``, ``num_env_runners``, ...).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import os
@@ -131,6 +132,24 @@ def _user_error(err: BaseException) -> ValueError | None:
     return err if isinstance(err, ValueError) and not isinstance(err, RayTaskError) else None
 
 
+@contextlib.contextmanager
+def _local_ray(num_cpus: int | None, log_to_driver: bool = True):
+    """A local Ray instance for one command: a user's error raised inside (see
+    ``_user_error``) ends it with one line, a bug with its traceback; Ray is shut down either way."""
+    import ray
+
+    ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=log_to_driver)
+    try:
+        yield
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        _fail(str(user_error))
+    finally:
+        ray.shutdown()
+
+
 def _run_tuned_example(path: str) -> dict:
     try:
         return runpy.run_path(path)
@@ -218,10 +237,7 @@ def train(args: argparse.Namespace) -> None:
     except ValueError as err:
         _fail(str(err))
 
-    import ray
-
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False)
-    try:
+    with _local_ray(args.num_cpus):
         last = run_training(
             config,
             stop_iters=stop_iters,
@@ -232,13 +248,6 @@ def train(args: argparse.Namespace) -> None:
             checkpoint_every=args.checkpoint_every,
             progress=not args.no_progress,
         )
-    except Exception as err:
-        user_error = _user_error(err)
-        if user_error is None:
-            raise
-        _fail(str(user_error))
-    finally:
-        ray.shutdown()
     shown = {k: last[k] for k in ("iteration", "rollouts", "reward_mean", "test_accuracy") if k in last}
     print(f"done: {json.dumps(shown)}\nmetrics: {os.path.join(output, 'metrics.jsonl')}\n"
           f"model:   {os.path.join(output, 'final_model')}")
@@ -265,20 +274,10 @@ def compare(args: argparse.Namespace) -> None:
     except ValueError as err:
         _fail(str(err).split("\nTo suppress all validation errors")[0])
 
-    import ray
-
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
+    with _local_ray(args.num_cpus, log_to_driver=False):
         comparing.compare(base, arms, seeds=seeds, iters=iters, output=args.output, baseline=args.baseline,
                           target=args.target, command="sfpo-rllib " + shlex.join(args.argv),
                           progress=not args.no_progress)
-    except Exception as err:
-        user_error = _user_error(err)
-        if user_error is None:
-            raise
-        _fail(str(user_error))
-    finally:
-        ray.shutdown()
 
 
 def _json_object(flag: str, text: str | None) -> dict | None:
