@@ -27,8 +27,13 @@ from sfpo_rllib.cli import main as cli
 TUNED = os.path.join(os.path.dirname(__file__), "..", "tuned_examples", "arithmetic_sfpo.py")
 
 
+def tuned_sfpo(lr: float) -> dict:
+    """The tuned example's SFPO (K=3, α=0.8) at ``lr``."""
+    return {"algo": "SFPO", "fast_steps": 3, "reposition_alpha": 0.8, "lr": lr}
+
+
 def trigger_arms(lr: float) -> dict[str, dict]:
-    sfpo = {"algo": "SFPO", "fast_steps": 3, "reposition_alpha": 0.8, "lr": lr}
+    sfpo = tuned_sfpo(lr)
     return {
         "GRPO": {"algo": "GRPO", "lr": lr},
         "SFPO rise tau=1": {**sfpo, "entropy_trigger": "rise", "entropy_z_threshold": 1.0},
@@ -40,7 +45,7 @@ def trigger_arms(lr: float) -> dict[str, dict]:
 def arms(lr: float, *, lr_arm: bool) -> dict[str, dict]:
     out = {
         "GRPO": {"algo": "GRPO", "lr": lr},
-        "SFPO K=3 a=0.8": {"algo": "SFPO", "fast_steps": 3, "reposition_alpha": 0.8, "lr": lr},
+        "SFPO K=3 a=0.8": tuned_sfpo(lr),
         "GRPO 4 epochs": {"algo": "GRPO", "num_epochs": 4, "lr": lr},
     }
     if lr_arm:

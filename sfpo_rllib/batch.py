@@ -85,10 +85,8 @@ def build_learner_batches(
     the driver, before any learner sees it.
     """
     if max_tokens_per_micro_batch is not None:
-        for row, r in enumerate(records):
-            prompt, completion = len(r.prompt_ids), max(len(r.completion_ids), 1)
-            if prompt + completion > max_tokens_per_micro_batch:
-                raise RowTooLongError(row, prompt, completion, max_tokens_per_micro_batch, "this iteration's rollouts")
+        check_row_lengths([len(r.prompt_ids) for r in records], [len(r.completion_ids) for r in records],
+                          max_tokens_per_micro_batch, where="this iteration's rollouts")
     n = len(records)
     world = max(1, num_learners)
     global_mb = minibatch_size_per_learner * world
@@ -159,9 +157,8 @@ def plan_micro_batches(
     if max_tokens is None and max_rows is None:
         return [np.arange(n)]
     lengths = prompts + completions
-    if max_tokens is not None and n and lengths.max() > max_tokens:
-        row = int(lengths.argmax())
-        raise RowTooLongError(row, int(prompts[row]), int(completions[row]), max_tokens)
+    if max_tokens is not None:
+        check_row_lengths(prompts, completions, max_tokens)
     order = np.argsort(-lengths, kind="stable")
     groups, current, widest_p, widest_c = [], [], 0, 0
     for row in order:
@@ -176,6 +173,17 @@ def plan_micro_batches(
     if current:
         groups.append(np.array(current))
     return groups
+
+
+def check_row_lengths(prompt_lengths, completion_lengths, max_tokens: int, where: str = "this minibatch") -> None:
+    """A row (prompt + completion, counted as at least 1 token) that alone exceeds ``max_tokens``
+    is a ``RowTooLongError`` naming the longest such row: no micro-batch can hold it."""
+    prompts = np.asarray(prompt_lengths, dtype=np.int64)
+    completions = np.maximum(np.asarray(completion_lengths, dtype=np.int64), 1)
+    lengths = prompts + completions
+    if len(lengths) and lengths.max() > max_tokens:
+        row = int(lengths.argmax())
+        raise RowTooLongError(row, int(prompts[row]), int(completions[row]), max_tokens, where)
 
 
 class RowTooLongError(ValueError):
