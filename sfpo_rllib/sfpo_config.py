@@ -603,8 +603,8 @@ class SFPOConfig(AlgorithmConfig):
         try:
             import peft  # noqa: F401
         except ImportError:
-            self._value_error(f"`lora_rank` ({self.lora_rank}) needs PEFT, which is not installed. "
-                              "Run pip install 'sfpo-rllib[lora]' (or pip install peft).")
+            self._value_error(f"`lora_rank` ({self.lora_rank}) needs PEFT, a dependency of sfpo-rllib that is "
+                              "missing from this environment. Run pip install 'peft>=0.13'.")
 
     def _validate_batches(self) -> None:
         g, batch = self.group_size, self.train_batch_size_per_learner
