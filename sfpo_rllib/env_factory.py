@@ -76,13 +76,38 @@ def _prompts(env: gym.Env) -> list[str]:
     return [env.reset(options={"index": i})[0] for i in range(len(base))]
 
 
+def _why_no_held_out(env: Any, test_kwargs: Mapping[str, Any]) -> str:
+    """Why the held-out environment got the training problems, in terms of what ``env`` has, and the fix."""
+    import os
+
+    from sfpo_envs.base import DatasetEnv
+
+    if isinstance(env, DatasetEnv):
+        data = test_kwargs.get("data")
+        if isinstance(data, (list, tuple)):
+            what = "the `data` list is used whole for every split"
+        elif isinstance(data, (str, os.PathLike)) and os.path.isfile(data):
+            what = f"a single data file ({str(data)!r}) is read whole for every split"
+        else:
+            what = f"`data` ({data!r}) gives the same problems for both splits"
+        return (f"{what}. Give the held-out problems their own data (test_env_config={{'data': 'test.jsonl'}}), "
+                "point `data` at a directory with train/test files, or add env_config 'split_fraction': 0.1 "
+                "to hold out a seeded part of the data.")
+    return (f"the environment ({type(env).__name__}) made with env_config updated by test_env_config "
+            f"({dict(test_kwargs)!r}) returned the same problems as the training one: it does not choose "
+            "its examples by these keywords. Make its factory return held-out examples for them (e.g. by "
+            "`split`, as README's plug-in example does), or set test_env_config to keywords that select "
+            "other problems.")
+
+
 def check_held_out_data(config) -> int:
     """Make the training and held-out environments once; return how many held-out prompts are
     training prompts too.
 
     Raises a ValueError naming the setting when either cannot be made (bad data, bad
     keywords), or when every held-out prompt is a training prompt: a held-out score would then
-    silently measure training problems (e.g. one data file read whole for both splits).
+    silently measure training problems (e.g. one data file read whole for both splits, or a
+    plug-in environment that ignores `split`).
     """
     train = _make_checked(config.env, config.env_config, "env_config")
     try:
@@ -100,10 +125,8 @@ def check_held_out_data(config) -> int:
     if held_out and overlap == len(held_out):
         raise ValueError(
             f"All {len(held_out)} held-out problems of {config.env!r} are training problems (env_config "
-            f"{dict(config.env_config)!r}, test_env_config {dict(config.test_env_config)!r}): a single data file "
-            "is read whole for every split. Give the held-out problems their own data "
-            "(test_env_config={'data': 'test.jsonl'}), point `data` at a directory with train/test files, or add "
-            "env_config 'split_fraction': 0.1 to hold out a seeded part of the file."
+            f"{dict(config.env_config)!r}, test_env_config {dict(config.test_env_config)!r}): "
+            + _why_no_held_out(train.unwrapped, {**dict(config.env_config), **dict(config.test_env_config)})
         )
     if overlap:
         logger.warning("%d of %d held-out problems of %r are also training problems; the metric "

@@ -198,6 +198,7 @@ def test_one_file_for_both_splits_is_refused_and_split_fraction_carves_it(tmp_pa
     data = write_jsonl(tmp_path / "all.jsonl", ROWS)
     message = data_error(math_config(data))
     assert "are training problems" in message and "split_fraction" in message
+    assert f"a single data file ({data!r}) is read whole" in message
     assert check_held_out_data(math_config(data, split_fraction=0.25)) == 0
 
     from sfpo_envs.datasets import load_examples
@@ -214,6 +215,32 @@ def test_one_file_for_both_splits_is_refused_and_split_fraction_carves_it(tmp_pa
     # A partial overlap is counted (and reported in the test metrics), not refused.
     overlapping = write_jsonl(tmp_path / "test.jsonl", ROWS[:2] + [{"question": "new?", "answer": "1"}])
     assert check_held_out_data(math_config(data, test={"data": overlapping})) == 2
+
+
+def test_an_environment_without_data_that_ignores_split_is_told_so():
+    """A plug-in environment that returns the same examples for every split is refused with
+    a message about what it has (keywords, not a data file), and one that holds out its own
+    examples by `split` passes."""
+    import gymnasium as gym
+
+    from sfpo_envs import RewardFnEnv
+
+    words = {"train": ["cat", "dog"], "test": ["owl"]}
+
+    def make(split="train", same=False):
+        chosen = words["train"] if same else words[split]
+        return RewardFnEnv([{"prompt": w, "target": w[::-1]} for w in chosen], reward_fn=lambda c, ex: 0.0)
+
+    gym.register(id="test/Reverse-v0", entry_point=make, disable_env_checker=True)
+    try:
+        config = SFPOConfig().environment("test/Reverse-v0", env_config={"same": True})
+        message = data_error(config)
+        assert "All 2 held-out problems of 'test/Reverse-v0' are training problems" in message
+        assert "RewardFnEnv" in message and "does not choose its examples" in message
+        assert "data file" not in message
+        assert check_held_out_data(SFPOConfig().environment("test/Reverse-v0")) == 0
+    finally:
+        gym.registry.pop("test/Reverse-v0", None)
 
 
 # ----- verifiers that fail -------------------------------------------------------------------
