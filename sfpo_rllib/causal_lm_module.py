@@ -303,7 +303,7 @@ class CausalLMRLModule(TorchRLModule):
         return self._forward_train(batch)
 
     # Weights travel as torch tensors: RLlib's default converts to numpy, which has no
-    # bfloat16 (RLLIB_NOTES.md), and a numpy round trip copies large models twice.
+    # bfloat16 (docs/design.md, "What the code relies on in RLlib"), and a numpy round trip copies large models twice.
     @override(TorchRLModule)
     def get_state(self, components=None, *, not_components=None, inference_only=False, **kwargs):
         if self.gathered_state is not None:

@@ -67,7 +67,7 @@ def _add_evaluate_parser(sub) -> None:
     ev.add_argument("--env-config", help="JSON env_config for --env, e.g. '{\"data\": \"test.jsonl\"}'")
     ev.add_argument("--split", default="test", help="split passed to the environment (default test)")
     ev.add_argument("--benchmarks", help="comma-separated: " + ", ".join(_benchmark_names()))
-    ev.add_argument("--benchmarks-dir", help="folder with the benchmark files (e.g. ../shared/data/benchmarks)")
+    ev.add_argument("--benchmarks-dir", help="folder with the benchmark files (e.g. data/benchmarks)")
     ev.add_argument("--n", type=int, help="samples per problem (default 4, or the run's)")
     ev.add_argument("--temperature", type=float, help="sampling temperature (default 1.0, or the run's)")
     ev.add_argument("--top-p", type=float, help="nucleus sampling (default 0.7 as the SFPO authors validate, or the run's)")

@@ -1,9 +1,9 @@
 """The env runner: prompts from a single-step text environment, G completions per prompt
 from a rollout engine, each scored by the environment's verifier.
 
-RLlib's ``SingleAgentEnvRunner`` cannot carry text (RLLIB_NOTES.md), so this runner is
-an ``EnvRunner`` of our own. It returns plain records; the algorithm turns them into
-training batches. Which prompts it samples and the generation seed are functions of
+RLlib's ``SingleAgentEnvRunner`` cannot carry text (docs/design.md, "What the code relies
+on in RLlib"), so this runner is an ``EnvRunner`` of our own. It returns plain records; the
+algorithm turns them into training batches. Which prompts it samples and the generation seed are functions of
 (run seed, iteration, runner), never of RNG history, so a resumed run draws the same
 rollouts as an uninterrupted one.
 """

@@ -2,7 +2,7 @@
 
   sfpo-rllib evaluate --model runs/x/final_model --env sfpo/Arithmetic-v0 --n 4 --top-p 1.0 --output runs/x/eval
   sfpo-rllib evaluate --model /models/Qwen2.5-Math-1.5B --benchmarks math500,aime24 \\
-      --benchmarks-dir ../shared/data/benchmarks --n 4 --temperature 1 --top-p 0.7 --output eval/qwen
+      --benchmarks-dir data/benchmarks --n 4 --temperature 1 --top-p 0.7 --output eval/qwen
   sfpo-rllib evaluate --checkpoint runs/x --output runs/x/eval     # every checkpoint of a run
 
 Generation and scoring go through the trainer's own env runner (``SFPOEnvRunner.evaluate``:
@@ -27,7 +27,7 @@ from math import comb
 from typing import Any, Sequence
 
 # Benchmark name -> (file in --benchmarks-dir, environment, prompt template). The files are
-# the layout of the project's benchmark folder (shared/data/benchmarks).
+# the public releases' file names (docs/cli.md, "Evaluating a model").
 BENCHMARKS = {
     "math500": ("math500_test.jsonl", "sfpo/Math-v0", "math"),
     "aime24": ("aime24_test.jsonl", "sfpo/Math-v0", "math"),

@@ -1,7 +1,7 @@
 """GRPO's advantages and clipped surrogate loss, and the variants users bring from other
 trainers, as pure functions.
 
-SFPO leaves the policy objective alone (SFPO_NOTES.md): only how often and from where it
+SFPO leaves the policy objective alone (docs/design.md): only how often and from where it
 is applied changes, which is the learner's business. So every variant here composes with
 the fast – reposition – slow update. Names follow the PPO/GRPO papers and CleanRL
 (``ratio``, ``pg_loss1``, ``pg_loss2``, ``clipfrac``, ``approx_kl``); the variants sit in

@@ -6,7 +6,7 @@ Settings RLlib already has keep RLlib's names and meaning (``lr``, ``grad_clip``
 RLlib's do: a batch of ``train_batch_size_per_learner * max(1, num_learners)``
 completions is ``/ group_size`` prompts.
 
-Defaults follow the SFPO authors' scripts (SFPO_NOTES.md): K=3, α=0.8, ω=30, τ=1.0,
+Defaults follow the SFPO authors' scripts (docs/design.md): K=3, α=0.8, ω=30, τ=1.0,
 AdamW at lr 1e-6, clip 0.2, no KL, 256 prompts x 8 samples, minibatches of 64 prompts,
 responses up to 2560 tokens. The tuned examples scale these down for a CPU.
 """

@@ -21,12 +21,13 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # The embedded tiny model is built once and cached here for the whole test run.
 os.environ.setdefault("SFPO_RLLIB_CACHE", str(REPO / ".cache" / "sfpo_rllib"))
-# The public benchmark files: ../shared beside the repository, or wherever SFPO_BENCHMARKS points.
+# The public benchmark files (docs/development.md): wherever SFPO_BENCHMARKS points; on the
+# development machines they lie beside the repository, which is the default here.
 BENCHMARKS = pathlib.Path(os.environ.get("SFPO_BENCHMARKS") or REPO.parent / "shared" / "data" / "benchmarks")
 needs_bench = pytest.mark.skipif(
     not BENCHMARKS.is_dir(),
-    reason=f"needs the benchmark files, not found at {BENCHMARKS} (put ../shared beside the repository "
-    "or set SFPO_BENCHMARKS)",
+    reason=f"needs the public benchmark files, not found at {BENCHMARKS} (set SFPO_BENCHMARKS to their "
+    "folder; docs/development.md)",
 )
 
 TIERS = {
