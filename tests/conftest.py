@@ -54,6 +54,7 @@ TIERS = {
     "test_evaluate.py": "ray",
     "test_lora_reward.py": "ray",
     "test_plugin_env.py": "ray",
+    "test_readme_examples.py": "ray",
     "test_runs.py": "ray",
     "test_sweep.py": "ray",
     "test_training_e2e.py": "ray",
