@@ -80,9 +80,12 @@ def check_outputs(run: pathlib.Path, home: pathlib.Path, iters: int) -> list[str
         "final_model/tokenizer.json": "the tokenizer",
         "final_adapter/adapter_config.json": "the LoRA adapters",
         "run_config.json": "the run's settings",
-        f"checkpoints/iteration_{iters}/sfpo_run.json": "the last checkpoint",
     }
     problems += [f"missing {run / path} ({what})" for path, what in expected.items() if not (run / path).is_file()]
+    last = max((int(p.parent.name.rpartition("_")[2]) for p in run.glob("checkpoints/iteration_*/sfpo_run.json")),
+               default=None)
+    if last != iters:
+        problems.append(f"the last complete checkpoint in {run / 'checkpoints'} is of iteration {last}, expected {iters}")
     if not any((run / "tensorboard").rglob("events.out.tfevents.*")):
         problems.append(f"no TensorBoard events under {run / 'tensorboard'}")
     if not list((home / ".cache" / "sfpo_rllib").glob("sfpo-tiny-arithmetic-*/warm_start.json")):
