@@ -6,7 +6,7 @@ Arms (all on top of --base, default tuned_examples/arithmetic_sfpo.py, at the le
   GRPO 4 epochs             the same number of optimizer steps as SFPO K=3, no reposition (α = 1)
   GRPO 4x lr                one pass per batch at 4 x lr (a tuned-lr GRPO; --no-lr-arm drops it)
 
-With --trigger, the entropy trigger's rules instead (README, "The entropy trigger's default"):
+With --trigger, the entropy trigger's rules instead (docs/results.md, "The entropy trigger's default"):
   GRPO, and the tuned SFPO with entropy_trigger "rise" at tau=1 and "abs" at tau=1 and tau=2.
 
 Each (arm, seed) is an ordinary training run kept under --output/runs/, so an interrupted or

@@ -6,7 +6,7 @@ each update it prints:
   * the mean change of the sequence log-probability of the completions with positive
     advantage (should rise) and with negative advantage (should fall);
   * the reward of fresh samples on the same prompts.
-This is how the README's "Measured so far" explains why large learning rates lose accuracy
+This is how docs/design.md explains why large learning rates lose accuracy
 on this model.
 
 Run:  python benchmarks/update_direction.py --lrs 2e-5 5e-5 3e-4

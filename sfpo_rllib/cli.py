@@ -203,7 +203,7 @@ def build_config(args: argparse.Namespace):
         except Exception as err:  # RLlib's setters raise several types on wrongly typed values
             shown = json.dumps(value)
             _fail(f"--config: `{key}` ({shown if len(shown) <= 60 else shown[:57] + '...'}) cannot be applied "
-                  f"({type(err).__name__}: {err}); check its type in the README settings table.")
+                  f"({type(err).__name__}: {err}); check its type in docs/settings.md.")
     if args.seed is not None:
         config.debugging(seed=args.seed)
     return config, stop_iters

@@ -366,7 +366,7 @@ class SFPOConfig(AlgorithmConfig):
         mixed_precision=NotProvided,
         learner_strategy=NotProvided,
     ) -> "SFPOConfig":
-        """How the learner fits real-size models in memory (README: "Training real models").
+        """How the learner fits real-size models in memory (docs/scaling.md).
 
         Args:
             max_tokens_per_micro_batch: token budget of one forward/backward (None = no

@@ -1,7 +1,7 @@
 """Shared fixtures (the model cache, tiny random models, a Ray instance per test), the
 benchmark files' location, and the test tiers.
 
-Tiers (README, "Running the tests"): every test file has one in ``TIERS``; a test that
+Tiers (docs/development.md): every test file has one in ``TIERS``; a test that
 uses the ``ray_session`` fixture is ``ray`` whatever its file's tier.
   unit     in-process, no Ray, no sandbox: the everyday fast tier (``pytest -m unit``)
   sandbox  runs programs in the code sandbox or math-verify worker pools

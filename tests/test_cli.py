@@ -44,7 +44,7 @@ def test_run_writes_metrics_tensorboard_checkpoint_and_a_loadable_final_model(tm
     for key in ("rollouts", "reward_mean", "alpha", "entropy", "reposition_distance", "time_generate_s", "time_update_s"):
         assert key in rows[1], key
     assert rows[2]["rollouts"] == 32 and "test_accuracy" in rows[0] and "test_accuracy" in rows[2]
-    # Every row has every field, null where undefined (README, "Metrics").
+    # Every row has every field, null where undefined (docs/design.md, "The metrics contract").
     from sfpo_rllib.sfpo import METRIC_FIELDS
 
     assert all(set(row) == set(METRIC_FIELDS) for row in rows), [set(METRIC_FIELDS) ^ set(row) for row in rows]

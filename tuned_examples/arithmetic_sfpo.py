@@ -5,7 +5,7 @@ Model:    sfpo-tiny-arithmetic, a 0.55M-parameter Llama built and warm-started o
 Hardware: 2 CPU cores, no GPU (all-local: 0 env runners, 0 learners).
 Expected: held-out accuracy (200 test problems x 4 samples at temperature 1) rises by 5 to 8
           points in 40 iterations: +6.1 +- 1.4 over seeds 0, 1, 2, from a start of 22-25%
-          that depends on the CPU the model was built on (README, "Measured so far", which
+          that depends on the CPU the model was built on (docs/results.md, which
           also shows GRPO with 4 epochs gaining more at this lr). Re-measure over seeds with
           python benchmarks/sfpo_vs_grpo.py --lr 3e-5 --seeds 0,1,2 --output runs/cmp
 Time:     2-3 minutes on 2 idle cores, plus 2-3 minutes to build the model on first use.

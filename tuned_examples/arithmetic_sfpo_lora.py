@@ -4,18 +4,18 @@ Task:     sfpo/Arithmetic-v0 (left-to-right +/- chains, 3 operands in 0..20), ex
 Model:    sfpo-tiny-arithmetic (0.55M parameters); rank-8 adapters on every linear layer but
           the output head, plus the final norm trained in full (`lora_modules_to_save`,
           128 weights), are the only trained parameters, so the θ⁰ snapshot and the
-          reposition cover them alone. This model sharpens through its final norm (README,
+          reposition cover them alone. This model sharpens through its final norm (docs/design.md,
           "The embedded default"), which adapters on linear layers cannot reach.
 Hardware: 2 CPU cores, no GPU (all-local: 0 env runners, 0 learners).
 Expected: held-out accuracy (200 test problems x 4 samples at temperature 1) rises by
           +15.4 +- 1.6 points [+14.3, +17.2] in 40 iterations over seeds 0, 1, 2 (from
-          23-25%); adapters alone at this lr do not gain (README, "LoRA adapters (PEFT)").
+          23-25%); adapters alone at this lr do not gain (docs/results.md, "LoRA on the embedded model").
           Re-measure with
           sfpo-rllib compare --base tuned_examples/arithmetic_sfpo_lora.py \
               --arm 'LoRA + final norm, lr 1e-4={"lr": 1e-4}' --seeds 0,1,2 --iters 40 --output runs/lora_compare
 Time:     about 2.5 minutes on 2 cores, plus about 2 minutes to build the model on first use
-          (258 s in all from a fresh cache, measured; README, "Measured so far").
-Baselines: GRPO +9.7, GRPO with 4 epochs +17.1, GRPO at 4x lr +15.8 (3 seeds; README).
+          (258 s in all from a fresh cache, measured; docs/results.md).
+Baselines: GRPO +9.7, GRPO with 4 epochs +17.1, GRPO at 4x lr +15.8 (3 seeds; docs/results.md).
 Outputs:  final_model/ (adapters merged, plain transformers) and final_adapter/ (PEFT).
 
 Run:  sfpo-rllib train file tuned_examples/arithmetic_sfpo_lora.py --output runs/arithmetic_sfpo_lora
