@@ -9,11 +9,13 @@ gymnasium's ``gymnasium.envs`` entry point, or named as ``"their_package:Their/I
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Mapping
 
 import gymnasium as gym
 
 import sfpo_envs  # noqa: F401  (registers the sfpo/... ids)
+from sfpo_envs.base import DatasetEnv
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +80,6 @@ def _prompts(env: gym.Env) -> list[str]:
 
 def _why_no_held_out(env: Any, test_kwargs: Mapping[str, Any]) -> str:
     """Why the held-out environment got the training problems, in terms of what ``env`` has, and the fix."""
-    import os
-
-    from sfpo_envs.base import DatasetEnv
-
     if isinstance(env, DatasetEnv):
         data = test_kwargs.get("data")
         if isinstance(data, (list, tuple)):
@@ -96,7 +94,7 @@ def _why_no_held_out(env: Any, test_kwargs: Mapping[str, Any]) -> str:
     return (f"the environment ({type(env).__name__}) made with env_config updated by test_env_config "
             f"({dict(test_kwargs)!r}) returned the same problems as the training one: it does not choose "
             "its examples by these keywords. Make its factory return held-out examples for them (e.g. by "
-            "`split`, as README's plug-in example does), or set test_env_config to keywords that select "
+            "`split`, as the README's plug-in example does), or set test_env_config to keywords that select "
             "other problems.")
 
 
