@@ -223,9 +223,9 @@ def _download_and_verify(model: PretrainedModel, download_dir: Path, staging: Pa
 
 
 # Fragments of pip's retry warnings when the index cannot be reached at all.
-_UNREACHABLE = ("NewConnectionError", "Failed to establish a new connection", "ConnectTimeout", "ProxyError",
-                "Temporary failure in name resolution", "Name or service not known", "Network is unreachable",
-                "Connection refused", "SSLError")
+_UNREACHABLE = ("Connection refused", "Temporary failure in name resolution", "Name or service not known",
+                "Network is unreachable", "ProxyError", "SSLError", "ConnectTimeout", "Read timed out",
+                "Failed to establish a new connection", "NewConnectionError")  # most specific first
 
 
 def _pip_reason(stderr: str) -> str:
