@@ -92,7 +92,7 @@ def fetched_path(name: str, dtype: str = "float32", cache_dir: str | os.PathLike
 
 def not_fetched_message(name: str, setting: str = "model_name_or_path") -> str:
     return (f"`{setting}` ({name!r}) names a pretrained model that is not fetched yet (sfpo-rllib never downloads "
-            f"during a run): run `sfpo-rllib models fetch {name}` once (about a minute), then run this again.")
+            f"during a run): run `sfpo-rllib models fetch {name}` once (1-2 minutes), then run this again.")
 
 
 def fetch(name: str, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
@@ -119,7 +119,7 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None, progress: bool 
                 from sfpo_rllib.gguf_convert import convert_gguf
 
                 _say(progress, f"converting the GGUF weights to Hugging Face safetensors in {', '.join(VARIANTS)} "
-                               "(about 30-60 s on 2 CPU cores)")
+                               "(about 1-1.5 minutes on 2 CPU cores)")
                 check = convert_gguf(gguf, {variant: staging / variant for variant in VARIANTS})
                 gguf.unlink()
             size = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
