@@ -4,6 +4,8 @@
       --stop-iters 50 --seed 0 --output runs/arith
   sfpo-rllib train file tuned_examples/arithmetic_sfpo.py --stop-iters 5 --output runs/x
   sfpo-rllib compare --base tuned_examples/arithmetic_sfpo.py --arms ARMS.json --seeds 0,1,2 --output runs/cmp
+  sfpo-rllib models fetch smollm2-135m-instruct      # a pretrained model into the model cache, once
+  sfpo-rllib models list
 
 A tuned-example file defines ``config`` (an SFPOConfig) and may define ``stop_iters``;
 flags given on the command line override it. ``--config`` takes any setting by name,
@@ -55,7 +57,19 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_compare_parser(sub)
     _add_evaluate_parser(sub)
+    _add_models_parser(sub)
     return parser
+
+
+def _add_models_parser(sub) -> None:
+    from sfpo_rllib.models import PRETRAINED_MODELS
+
+    models = sub.add_parser("models", help="fetch a pretrained model into the model cache ($SFPO_RLLIB_CACHE, else "
+                                           "~/.cache/sfpo_rllib); list what is cached")
+    action = models.add_subparsers(dest="models_command", required=True)
+    fetch = action.add_parser("fetch", help="download, verify and convert a known model (once; runs never download)")
+    fetch.add_argument("name", choices=list(PRETRAINED_MODELS), help="the model's name")
+    action.add_parser("list", help="the cached models: name, path, size, dtype variants")
 
 
 def _add_evaluate_parser(sub) -> None:
@@ -315,6 +329,27 @@ def evaluate(args: argparse.Namespace) -> None:
         _fail(str(err).split("\nTo suppress all validation errors")[0])
 
 
+def models(args: argparse.Namespace) -> None:
+    from sfpo_rllib import models as registry
+
+    if args.models_command == "fetch":
+        try:
+            folder = registry.fetch(args.name)
+        except ValueError as err:
+            _fail(str(err))
+        print(folder)
+        return
+    rows = registry.cached_models()
+    if not rows:
+        print(f"no models cached in {registry.default_cache_dir()}; fetch one with `sfpo-rllib models fetch NAME` "
+              f"({', '.join(registry.PRETRAINED_MODELS)})")
+        return
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'name':<{width}}  {'size':>11}  {'dtype variants':<17}  path")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['size_bytes'] / 2**20:7.0f} MiB  {','.join(r['variants']):<17}  {r['path']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
@@ -325,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
         compare(args)
     elif args.command == "evaluate":
         evaluate(args)
+    elif args.command == "models":
+        models(args)
 
 
 if __name__ == "__main__":

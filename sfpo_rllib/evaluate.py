@@ -26,6 +26,9 @@ import time
 from math import comb
 from typing import Any, Sequence
 
+from sfpo_rllib.model_cache import TINY_MODEL_NAME
+from sfpo_rllib.models import PRETRAINED_MODELS
+
 # Benchmark name -> (file in --benchmarks-dir, environment, prompt template). The files are
 # the public releases' file names (docs/cli.md, "Evaluating a model").
 BENCHMARKS = {
@@ -205,8 +208,9 @@ def run_evaluate(*, model: str | None, checkpoint: str | None, env: str | None, 
     checkpoints = find_checkpoints(checkpoint) if checkpoint else []
     base = checkpoint_config(checkpoints[-1]) if checkpoints else SFPOConfig()
     if model is not None:
-        if not os.path.isdir(model) and model != "sfpo-tiny-arithmetic":
-            raise ValueError(f"--model ({model!r}) is not a folder; give a final_model/ or a local Hugging Face checkpoint.")
+        if not os.path.isdir(model) and model != TINY_MODEL_NAME and model not in PRETRAINED_MODELS:
+            raise ValueError(f"--model ({model!r}) is not a folder; give a final_model/, a local Hugging Face checkpoint "
+                             f"or a model name ({', '.join([TINY_MODEL_NAME, *PRETRAINED_MODELS])}).")
         base.generation(model_name_or_path=model)
         defaults = DEFAULT_PROTOCOL
     else:  # the run's own protocol unless overridden

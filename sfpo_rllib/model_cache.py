@@ -1,8 +1,9 @@
 """The model cache and name resolver that every config validation calls.
 
 ``resolve_model(name)`` turns the embedded default's name, ``sfpo-tiny-arithmetic``, into
-the folder of its cached build (built on first use by the recipe in ``tiny_model.py``);
-any other name or path is returned unchanged. Importing this module loads no torch: the
+the folder of its cached build (built on first use by the recipe in ``tiny_model.py``),
+and the name of a fetched pretrained model (``models.py``) into its cached folder; any
+other name or path is returned unchanged. Importing this module loads no torch: the
 recipe is imported only when the tiny model is asked for.
 """
 
@@ -24,7 +25,7 @@ def default_cache_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path):
     """Exclusive lock so racing processes build once (no-op where fcntl is missing)."""
     try:
         import fcntl
@@ -39,7 +40,7 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     """A progress line for the user: the build runs before any progress bar of the run."""
     print(f"sfpo-rllib: {message}", file=sys.stderr, flush=True)
 
@@ -50,9 +51,9 @@ def _say_built(report: dict, folder: Path) -> None:
     samples, accuracy = settings.get("eval_samples"), report.get("test_accuracy_t1")
     pass_at = report.get(f"test_pass_at_{samples}")
     if accuracy is None or pass_at is None:
-        _say(f"built {TINY_MODEL_NAME} ({folder / 'warm_start.json'})")
+        say(f"built {TINY_MODEL_NAME} ({folder / 'warm_start.json'})")
         return
-    _say(f"built {TINY_MODEL_NAME} in {report.get('build_seconds', 0):.0f} s: test accuracy at temperature 1 "
+    say(f"built {TINY_MODEL_NAME} in {report.get('build_seconds', 0):.0f} s: test accuracy at temperature 1 "
          f"{100 * accuracy:.1f}%, pass@{samples} {100 * pass_at:.1f}% ({settings.get('eval_problems')} test problems; "
          f"recorded in {folder / 'warm_start.json'})")
 
@@ -74,13 +75,13 @@ def ensure_tiny_model(cache_dir: str | os.PathLike | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     lock = root / f".{final.name}.lock"
     if lock.exists() and not (final / "warm_start.json").is_file():
-        _say(f"waiting for another process that may be building {TINY_MODEL_NAME} into {final}")
-    with _file_lock(lock):
+        say(f"waiting for another process that may be building {TINY_MODEL_NAME} into {final}")
+    with file_lock(lock):
         if (final / "warm_start.json").is_file():  # another process built it while we waited
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
         try:
-            _say(f"building the embedded model {TINY_MODEL_NAME} (first use only; about 1.5-3 minutes on 2 CPU "
+            say(f"building the embedded model {TINY_MODEL_NAME} (first use only; about 1.5-3 minutes on 2 CPU "
                  f"cores: a {tiny_model.TinyModelSettings().steps}-step warm start, then calibration and a test) into {final}")
             tiny_model.build_tiny_model(tmp)
             _say_built(json.loads((tmp / "warm_start.json").read_text()), final)
@@ -98,8 +99,20 @@ def ensure_tiny_model(cache_dir: str | os.PathLike | None = None) -> Path:
     return final
 
 
-def resolve_model(name_or_path: str) -> str:
-    """The local path for ``TINY_MODEL_NAME`` (built on first use); any other value unchanged."""
+def resolve_model(name_or_path: str, dtype: str = "float32") -> str:
+    """The local folder a run loads for ``name_or_path``.
+
+    ``TINY_MODEL_NAME``: its cached build (built on first use). A name in
+    ``models.PRETRAINED_MODELS``: its fetched folder's variant for ``dtype`` (ValueError, one
+    line, when not fetched: runs never download). Any other value is returned unchanged.
+    """
     if name_or_path == TINY_MODEL_NAME:
         return str(ensure_tiny_model())
+    from sfpo_rllib import models  # the registry (no torch)
+
+    if isinstance(name_or_path, str) and name_or_path in models.PRETRAINED_MODELS:
+        path = models.fetched_path(name_or_path, dtype)
+        if path is None:
+            raise ValueError(models.not_fetched_message(name_or_path))
+        return str(path)
     return name_or_path

