@@ -40,6 +40,7 @@ TIERS = {
     "test_losses.py": "unit",
     "test_rollout_logp.py": "unit",
     "test_rollout_records.py": "unit",
+    "test_rllib_compat.py": "unit",
     "test_sfpo_learner.py": "unit",
     "test_slow_fast.py": "unit",
     "test_tiny_model.py": "unit",
@@ -104,11 +105,12 @@ def random_model_factory(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def results_away_from_home(tmp_path, monkeypatch):
+def results_away_from_home(tmp_path):
     """Algorithms built outside Tune log under ~/ray_results: send that to the test's tmp dir."""
-    import ray.tune.trainable.trainable as trainable_module
+    from sfpo_rllib.rllib_compat import algorithm_logdir
 
-    monkeypatch.setattr(trainable_module, "DEFAULT_STORAGE_PATH", str(tmp_path / "ray_results"))
+    with algorithm_logdir(str(tmp_path / "ray_results")):
+        yield
 
 
 @pytest.fixture
