@@ -60,6 +60,28 @@ def check_learner_hooks(learner_class: type) -> None:
                                         "LEARNER_PRIVATE_HOOKS and docs/ray.md.")
 
 
+# ----- a lighter local Ray instance ---------------------------------------------------------
+# RLlib needs a Ray instance even when everything runs in the driver (num_env_runners=0,
+# num_learners=0): its EnvRunnerGroup puts the config into the object store. These Ray core
+# settings (``ray.init(_system_config=...)``, no public equivalent) trim that instance
+# without changing what a run computes: no idle worker processes started ahead of need
+# (actors start their own worker when created), and no metrics collection (there is no
+# dashboard to show it). benchmarks/startup.py measures the difference.
+LEAN_LOCAL_RAY = {
+    "prestart_worker_first_driver": False,
+    "enable_worker_prestart": False,
+    "enable_metrics_collection": False,
+}
+
+
+def local_ray_options(lean: bool = True) -> dict[str, Any]:
+    """Keyword arguments for ``ray.init`` of a one-machine instance that this process owns."""
+    options: dict[str, Any] = {"include_dashboard": False}
+    if lean:
+        options["_system_config"] = dict(LEAN_LOCAL_RAY)
+    return options
+
+
 # ----- mixed precision (fp16) ------------------------------------------------------------
 def set_grad_scaler(learner, module_id: str, scaler) -> None:
     """Make RLlib's ``TorchLearner.apply_gradients`` step the optimizer through ``scaler``.

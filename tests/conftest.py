@@ -118,6 +118,8 @@ def ray_session():
     """A fresh local Ray on 2 CPUs, shut down after the test."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    from sfpo_rllib.rllib_compat import local_ray_options
+
+    ray.init(num_cpus=2, configure_logging=False, log_to_driver=False, **local_ray_options())
     yield
     ray.shutdown()
