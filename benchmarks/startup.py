@@ -7,12 +7,16 @@ pages split among the processes sharing them) of the arm's whole process tree (t
 and every Ray process it starts) every 0.2 s and reports the peak.
 
   python benchmarks/startup.py                                # tuned_examples/arithmetic_sfpo.py
-  python benchmarks/startup.py --repeats 3 --arms default,lean
+  python benchmarks/startup.py --repeats 3 --arms before,after
   python benchmarks/startup.py --config '{"num_env_runners": 1, "num_cpus_per_env_runner": 0.5}'
 
-Arms: ``default`` = ray.init(include_dashboard=False) as before, ``lean`` = the CLI's local
-instance now (rllib_compat.local_ray_options: no prestarted idle workers, no metrics
-collection). The embedded model must be built already (run any training once).
+Arms (each a combination of the settings that changed):
+  before     ray.init(include_dashboard=False) with Ray's defaults, and torch.distributed.tensor
+             imported at start-up (as sharding.py used to)
+  lean-ray   the CLI's Ray instance now (rllib_compat.local_ray_options: no pre-started idle
+             workers, no metrics collection), torch.distributed.tensor still imported
+  after      both changes: what the CLI does now
+The embedded model must be built already (run any training once).
 """
 
 from __future__ import annotations
@@ -29,11 +33,19 @@ import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASES = ("import_s", "ray_init_s", "build_algo_s", "step0_test_s", "first_iteration_s")
+ARMS = {  # name -> (lean Ray instance, import torch.distributed.tensor at start-up)
+    "before": (False, True),
+    "lean-ray": (True, True),
+    "after": (True, False),
+}
 
 
 def child(arm: str, config_json: str, test_problems: int) -> None:
     """One arm, in this (fresh) process: prints one JSON line of phase times."""
+    lean, eager_dtensor = ARMS[arm]
     t0 = time.perf_counter()
+    if eager_dtensor:
+        import torch.distributed.tensor  # noqa: F401
     import runpy
 
     import ray
@@ -44,7 +56,7 @@ def child(arm: str, config_json: str, test_problems: int) -> None:
     config.update_from_dict(json.loads(config_json))
     config.held_out_test(test_num_problems=test_problems)
     t1 = time.perf_counter()
-    ray.init(num_cpus=2, configure_logging=False, log_to_driver=False, **local_ray_options(lean=arm == "lean"))
+    ray.init(num_cpus=2, configure_logging=False, log_to_driver=False, **local_ray_options(lean=lean))
     t2 = time.perf_counter()
     with tempfile.TemporaryDirectory() as logs, algorithm_logdir(logs):
         algo = config.build_algo()
@@ -87,7 +99,7 @@ def run_arm(arm: str, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arms", default="default,lean", help="comma-separated: default, lean")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from: {', '.join(ARMS)}")
     parser.add_argument("--repeats", type=int, default=2, help="runs per arm, interleaved (default 2)")
     parser.add_argument("--config", default="{}", help="JSON settings on top of tuned_examples/arithmetic_sfpo.py")
     parser.add_argument("--test-problems", type=int, default=200, help="held-out problems in the step-0 test")
@@ -96,9 +108,9 @@ def main() -> None:
     if args.child:
         return child(args.child, args.config, args.test_problems)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = [a for a in arms if a not in ("default", "lean")]
+    unknown = [a for a in arms if a not in ARMS]
     if unknown:
-        raise SystemExit(f"--arms: unknown {unknown}; use default and/or lean")
+        raise SystemExit(f"--arms: unknown {unknown}; choose from {', '.join(ARMS)}")
     results = {arm: [] for arm in arms}
     for _ in range(args.repeats):  # interleaved, so a busy moment of the machine hits every arm
         for arm in arms:
