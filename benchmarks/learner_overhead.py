@@ -72,7 +72,7 @@ def main() -> None:
         records = runner.sample(indices=list(range(args.batch // 8)), seed=1)["records"]
         batches, _ = build_learner_batches(records, group_size=8, num_learners=0, minibatch_size_per_learner=args.minibatch,
                                            pad_token_id=algo.pad_token_id)
-        learner = algo.learner_group._learner  # the local learner (num_learners=0)
+        learner = [r.get() for r in algo.learner_group.foreach_learner(lambda local: local)][0]  # the local one (num_learners=0)
         shard = batches[0].policy_batches[DEFAULT_MODULE_ID]
         columns = {k: torch.from_numpy(np.asarray(shard[k])) for k in shard.keys()}
         minibatches = [{k: v[columns[MB_INDEX] == m] for k, v in columns.items()} for m in torch.unique(columns[MB_INDEX]).tolist()]

@@ -152,7 +152,9 @@ def _local_ray(num_cpus: int | None, log_to_driver: bool = True):
     ``_user_error``) ends it with one line, a bug with its traceback; Ray is shut down either way."""
     import ray
 
-    ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=log_to_driver)
+    from sfpo_rllib.rllib_compat import local_ray_options
+
+    ray.init(num_cpus=num_cpus, configure_logging=False, log_to_driver=log_to_driver, **local_ray_options())
     try:
         yield
     except Exception as err:

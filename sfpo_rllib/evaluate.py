@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import pickle
 import re
 import time
 from math import comb
@@ -90,19 +89,17 @@ def benchmark_tasks(names: str, directory: str | None) -> dict[str, tuple[str, d
     return tasks
 
 
-def checkpoint_config(path: str):
-    """The algorithm config stored in an RLlib checkpoint of this package."""
-    from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+def load_checkpoint_policy(runner, path: str) -> None:
+    """Give ``runner`` (module and rollout engine) the policy of an algorithm checkpoint.
 
-    with open(os.path.join(path, "class_and_ctor_args.pkl"), "rb") as f:  # the user's own checkpoint
-        ctor = pickle.load(f)
-    state = ctor["ctor_args_and_kwargs"][0][0]
-    return AlgorithmConfig.from_state(state) if isinstance(state, dict) else state
+    The policy's folder is RLlib's documented checkpoint layout (learner group / learner /
+    RL module / module id), read by RLlib's own ``RLModule.restore_from_path``."""
+    from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 
-
-def checkpoint_weights(path: str) -> dict:
-    with open(os.path.join(path, "learner_group", "learner", "rl_module", "default_policy", "module_state.pkl"), "rb") as f:
-        return pickle.load(f)
+    runner.module.restore_from_path(
+        os.path.join(path, COMPONENT_LEARNER_GROUP, COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID)
+    )
+    runner.set_state({COMPONENT_RL_MODULE: {DEFAULT_MODULE_ID: runner.module.get_state()}})  # and to the engine
 
 
 def find_checkpoints(path: str) -> list[str]:
@@ -199,9 +196,8 @@ def run_evaluate(*, model: str | None, checkpoint: str | None, env: str | None, 
                  engine: str | None, num_problems: int | None, seed: int, settings: dict, output: str | None,
                  progress: bool = True, chunk: int = 64, log=print) -> dict:
     """Evaluate a model folder, or each checkpoint of a run; returns (and writes) the results."""
-    from ray.rllib.core import COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
-
     from sfpo_rllib import SFPOConfig
+    from sfpo_rllib.rllib_compat import checkpoint_config
 
     if (model is None) == (checkpoint is None):
         raise ValueError("Give exactly one of --model DIR (a Hugging Face model folder) or --checkpoint DIR.")
@@ -254,7 +250,7 @@ def run_evaluate(*, model: str | None, checkpoint: str | None, env: str | None, 
         results: list[tuple[str, dict]] = []
         if checkpoints:
             for path in checkpoints:
-                runner.set_state({COMPONENT_RL_MODULE: {DEFAULT_MODULE_ID: checkpoint_weights(path)}})
+                load_checkpoint_policy(runner, path)
                 label = os.path.basename(path)
                 results.append((path, evaluate_runner(runner, tasks, n=protocol["n"], seed=seed, num_problems=protocol["num_problems"],
                                                       chunk=chunk, progress=progress, label=f"{label} ")))

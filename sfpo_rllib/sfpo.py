@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 from ray.rllib.algorithms.algorithm import Algorithm
-from ray.rllib.core import COMPONENT_LEARNER_GROUP, COMPONENT_METRICS_LOGGER
+from ray.rllib.core import (
+    COMPONENT_ENV_RUNNER,
+    COMPONENT_ENV_TO_MODULE_CONNECTOR,
+    COMPONENT_EVAL_ENV_RUNNER,
+    COMPONENT_LEARNER_GROUP,
+    COMPONENT_MODULE_TO_ENV_CONNECTOR,
+)
+from ray.rllib.utils import force_list
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import LEARNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
@@ -33,8 +40,11 @@ from sfpo_rllib.env_factory import check_held_out_data
 from sfpo_rllib.sfpo_config import SFPOConfig
 from sfpo_rllib.sfpo_torch_learner import PASS_DIAGNOSTICS
 
-TRAINING_ITERATION = "training_iteration"
 SFPO_STATE = "sfpo"
+# Runner state is not saved: their weights are the learners', synced on restore.
+RUNNER_COMPONENTS = [
+    COMPONENT_ENV_RUNNER, COMPONENT_EVAL_ENV_RUNNER, COMPONENT_ENV_TO_MODULE_CONNECTOR, COMPONENT_MODULE_TO_ENV_CONNECTOR,
+]
 METRICS = "sfpo"  # results["sfpo"][name]: the per-iteration scalars of metrics.jsonl
 
 # The held-out test's fields (null on iterations without a test).
@@ -339,15 +349,8 @@ class SFPO(Algorithm):
 
     @override(Algorithm)
     def get_state(self, components=None, *, not_components=None, **kwargs) -> dict[str, Any]:
-        state: dict[str, Any] = {}
-        if self._check_component(COMPONENT_LEARNER_GROUP, components, not_components):
-            state[COMPONENT_LEARNER_GROUP] = self.learner_group.get_state(
-                components=self._get_subcomponents(COMPONENT_LEARNER_GROUP, components),
-                not_components=self._get_subcomponents(COMPONENT_LEARNER_GROUP, not_components),
-                **kwargs,
-            )
-        state[COMPONENT_METRICS_LOGGER] = self.metrics.get_state()
-        state[TRAINING_ITERATION] = self.training_iteration
+        # RLlib's: the learner group, the metrics logger and the iteration count.
+        state = super().get_state(components, not_components=force_list(not_components) + RUNNER_COMPONENTS, **kwargs)
         state[SFPO_STATE] = {
             "iteration": self.sfpo_iteration,
             "rollouts": self.rollouts,
@@ -364,13 +367,7 @@ class SFPO(Algorithm):
 
     @override(Algorithm)
     def set_state(self, state: dict[str, Any]) -> None:
-        if COMPONENT_LEARNER_GROUP in state:
-            self.learner_group.set_state(state[COMPONENT_LEARNER_GROUP])
-            self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
-        if COMPONENT_METRICS_LOGGER in state:
-            self.metrics.set_state(state[COMPONENT_METRICS_LOGGER])
-        if TRAINING_ITERATION in state:
-            self._iteration = state[TRAINING_ITERATION]
+        super().set_state(state)  # learner group (then a weight sync), metrics logger, iteration count
         if SFPO_STATE in state:
             sfpo = state[SFPO_STATE]
             self.sfpo_iteration = sfpo["iteration"]

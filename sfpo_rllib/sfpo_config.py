@@ -494,7 +494,7 @@ class SFPOConfig(AlgorithmConfig):
         if not ok:
             shown = repr(getattr(self, name))
             shown = shown if len(shown) <= 80 else shown[:77] + "..."
-            self._value_error(f"`{name}` ({shown}) {rule}. {fix}")
+            raise ValueError(f"`{name}` ({shown}) {rule}. {fix}")
 
     def _validate_rllib_settings(self) -> None:
         """The RLlib settings this algorithm uses, checked for type and range."""
@@ -607,8 +607,8 @@ class SFPOConfig(AlgorithmConfig):
         try:
             import peft  # noqa: F401
         except ImportError:
-            self._value_error(f"`lora_rank` ({self.lora_rank}) needs PEFT, a dependency of sfpo-rllib that is "
-                              "missing from this environment. Run pip install 'peft>=0.13'.")
+            raise ValueError(f"`lora_rank` ({self.lora_rank}) needs PEFT, a dependency of sfpo-rllib that is "
+                             "missing from this environment. Run pip install 'peft>=0.13'.")
 
     def _validate_batches(self) -> None:
         g, batch = self.group_size, self.train_batch_size_per_learner
@@ -697,35 +697,35 @@ class SFPOConfig(AlgorithmConfig):
         from sfpo_rllib.env_factory import check_env_id
 
         if self.env is None:
-            self._value_error("`env` (None) must name a verifier environment. Set e.g. "
+            raise ValueError("`env` (None) must name a verifier environment. Set e.g. "
                               "config.environment('sfpo/Arithmetic-v0').")
         try:
             check_env_id(self.env)
         except ValueError as err:
-            self._value_error(str(err))
+            raise ValueError(str(err))
         if self.model_name_or_path == TINY_MODEL_NAME:
             return
         if isinstance(self.model_name_or_path, str) and self.model_name_or_path in PRETRAINED_MODELS:
             if fetched_path(self.model_name_or_path) is None:
-                self._value_error(not_fetched_message(self.model_name_or_path))
+                raise ValueError(not_fetched_message(self.model_name_or_path))
             return
         if not isinstance(self.model_name_or_path, str) or not self.model_name_or_path:
-            self._value_error(f"`model_name_or_path` ({self.model_name_or_path!r}) must be a checkpoint folder or a hub name.")
+            raise ValueError(f"`model_name_or_path` ({self.model_name_or_path!r}) must be a checkpoint folder or a hub name.")
         path = os.path.expanduser(self.model_name_or_path)
         if os.path.isdir(path):
             if not os.path.isfile(os.path.join(path, "config.json")):
-                self._value_error(f"`model_name_or_path` ({self.model_name_or_path!r}) is a folder without config.json: not a Hugging "
+                raise ValueError(f"`model_name_or_path` ({self.model_name_or_path!r}) is a folder without config.json: not a Hugging "
                                   "Face checkpoint. Point it at the folder that save_pretrained wrote.")
             return
         if self.model_name_or_path.startswith((".", "/", "~")) or os.path.exists(path):
-            self._value_error(f"`model_name_or_path` ({self.model_name_or_path!r}) is not an existing folder. Give the path of a local "
+            raise ValueError(f"`model_name_or_path` ({self.model_name_or_path!r}) is not an existing folder. Give the path of a local "
                               "Hugging Face checkpoint folder (with config.json).")
         try:
             from transformers import AutoConfig
 
             AutoConfig.from_pretrained(self.model_name_or_path, local_files_only=True)
         except Exception:
-            self._value_error(
+            raise ValueError(
                 f"`model_name_or_path` ({self.model_name_or_path!r}) is neither a local folder nor a model in the local Hugging Face "
                 "cache; sfpo-rllib never downloads at run time. Download it first (huggingface-cli "
                 "download NAME) or pass a local checkpoint folder."

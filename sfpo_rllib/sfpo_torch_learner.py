@@ -15,8 +15,8 @@ Optimizer and LR-schedule policy through the K+1 passes (explicit, as the author
   * the optimizer's moments and step count are carried through every pass, fast and
     slow, and are not touched by the reposition (θ moves, Adam's m and v do not);
   * RLlib's LR schedule (``lr`` given as a schedule) is evaluated once per iteration, in
-    ``before_gradient_based_update``, on the env steps sampled so far: all K+1 passes of
-    an iteration use the same lr.
+    ``after_gradient_based_update``, on the env steps sampled so far, and sets the lr of the
+    next iteration: all K+1 passes of an iteration use the same lr.
 
 Memory (real-size models): every minibatch (one optimizer step) is cut into micro-batches
 (``max_tokens_per_micro_batch`` / ``micro_batch_size``, rows sorted by length, each padded
@@ -45,6 +45,7 @@ from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.learner.training_data import TrainingData
 from ray.rllib.utils.annotations import override
+from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
 from sfpo_rllib.batch import RowTooLongError, cut_micro_batches
 from sfpo_rllib.causal_lm_module import completion_logp_and_entropy, load_causal_lm
@@ -62,7 +63,7 @@ from sfpo_rllib.columns import (
     REF_LOGP,
     ROLLOUT_LOGP,
 )
-from sfpo_rllib import sharding
+from sfpo_rllib import rllib_compat, sharding
 from sfpo_rllib.lora import AdaptersDisabled, is_lora
 from sfpo_rllib.losses import aggregate, clipped_surrogate, kl_penalty, truncated_is_weights
 from sfpo_rllib.rollout_agreement import minibatches_gap
@@ -115,13 +116,13 @@ class SFPOTorchLearner(TorchLearner):
         elif self.config.kl_coeff > 0.0:
             # A frozen copy of the starting model: the KL anchor (costs one model of memory).
             self._reference = load_causal_lm(self.config.resolved_model_path(), self.config.model_dtype)
-            self._reference.to(self._device).eval().requires_grad_(False)
+            self._reference.to(self.device).eval().requires_grad_(False)
         if self._fsdp():
             self._gather_full_state()  # what RLlib reads for the first weight sync
         if self.config.mixed_precision == "fp16":
             # fp16 gradients under- and overflow without loss scaling; RLlib's
             # apply_gradients steps the optimizer through this scaler.
-            self._grad_scalers = {DEFAULT_MODULE_ID: torch.amp.GradScaler(self._device.type)}
+            rllib_compat.set_grad_scaler(self, DEFAULT_MODULE_ID, torch.amp.GradScaler(self.device.type))
 
     # ----- sharding (learner_strategy="fsdp2") ------------------------------------------
     def _fsdp(self) -> bool:
@@ -176,13 +177,13 @@ class SFPOTorchLearner(TorchLearner):
     def _autocast(self):
         """Forward (and, through autograd, backward) in the compute precision."""
         mode = self.config.mixed_precision
-        return torch.autocast(self._device.type, dtype=AUTOCAST_DTYPES.get(mode), enabled=mode != "no")
+        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES.get(mode), enabled=mode != "no")
 
     @override(TorchLearner)
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
         # Only trainable parameters (with LoRA, the adapters): the base stays frozen and
         # the optimizer holds no state for it. Without LoRA this is every parameter.
-        params = [p for p in self.get_parameters(self._module[module_id]) if p.requires_grad]
+        params = [p for p in self.get_parameters(self.module[module_id]) if p.requires_grad]
         self.register_optimizer(
             module_id=module_id,
             optimizer=OPTIMIZERS[config.optimizer](params, config),
@@ -197,6 +198,14 @@ class SFPOTorchLearner(TorchLearner):
     def _trainable(self) -> list[torch.Tensor]:
         return [p for p in self._policy().parameters() if p.requires_grad]
 
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        return [optim for _, optim in self.get_optimizers_for_module(DEFAULT_MODULE_ID)]
+
+    def _count_weights_version(self) -> None:
+        """One more version of the weights (RLlib's weights_seq_no), as ``Learner.update`` counts."""
+        seq_no = self.get_state(components=WEIGHTS_SEQ_NO)[WEIGHTS_SEQ_NO]  # no component: just the counters
+        self.set_state({WEIGHTS_SEQ_NO: seq_no + 1})
+
     # ----- one SFPO iteration -------------------------------------------------------
     @override(TorchLearner)
     def update(
@@ -209,15 +218,14 @@ class SFPOTorchLearner(TorchLearner):
         fast_steps: int = 0,
         **kwargs,
     ) -> dict[str, Any]:
-        self._check_is_built()
         if training_data is None:
             training_data = TrainingData(batch=batch)
         training_data.validate()
         training_data.solve_refs()
         minibatches, layout = self._to_minibatches(training_data.batch.policy_batches[DEFAULT_MODULE_ID])
 
-        self.before_gradient_based_update(timesteps=timesteps or {})  # lr schedule: once
-        self._weights_seq_no += 1
+        self.before_gradient_based_update(timesteps=timesteps or {})  # RLlib's hooks: once per iteration
+        self._count_weights_version()
         entropy_sum, num_tokens = self._theta0_pass(minibatches)
         rollout_gap = minibatches_gap((micro for mb in minibatches for micro in mb), OLD_LOGP, ROLLOUT_LOGP, COMPLETION_MASK)
 
@@ -257,7 +265,7 @@ class SFPOTorchLearner(TorchLearner):
 
     def _to_minibatches(self, shard) -> tuple[list[list[dict[str, torch.Tensor]]], dict[str, float]]:
         """This learner's shard -> its minibatches, each a list of micro-batches."""
-        columns = {k: torch.from_numpy(np.asarray(shard[k])).to(self._device) for k in shard.keys()}
+        columns = {k: torch.from_numpy(np.asarray(shard[k])).to(self.device) for k in shard.keys()}
         index = columns[MB_INDEX]
         minibatches, layout = [], {"real_tokens": 0.0, "computed_tokens": 0.0}
         for m in torch.unique(index).tolist():
@@ -323,29 +331,27 @@ class SFPOTorchLearner(TorchLearner):
         ``diagnostics`` (read only, so the update itself is untouched)."""
         for _ in range(self.config.num_epochs):
             for micro_batches in minibatches:
-                self._update({DEFAULT_MODULE_ID: micro_batches})
+                self._optimizer_step(micro_batches)
                 if diagnostics is not None:
                     for name, key in PASS_DIAGNOSTICS.items():
                         value = self.metrics.peek((DEFAULT_MODULE_ID, key), default=_NOT_LOGGED)
                         if value is not _NOT_LOGGED:
                             diagnostics.setdefault(name, []).append(float(value))
 
-    @override(TorchLearner)
-    def _update(self, batch: dict[str, list[dict[str, torch.Tensor]]], **kwargs):
+    def _optimizer_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> None:
         """One optimizer step on one minibatch, given as its micro-batches.
 
-        Replaces RLlib's ``_uncompiled_update`` (forward, ``compute_gradients``,
+        Takes the place of RLlib's per-minibatch ``_update`` (forward, ``compute_gradients``,
         ``postprocess_gradients``, ``apply_gradients``) with gradient accumulation in the
         middle: zero the gradients once, forward + backward every micro-batch, then clip
         and step once on the accumulated gradient.
         """
-        micro_batches = batch[DEFAULT_MODULE_ID]
-        for optim in self._optimizer_parameters:
+        for optim in self._optimizers():
             optim.zero_grad(set_to_none=True)
         module = self.module[DEFAULT_MODULE_ID]
         self._micro_stats = []  # filled by compute_loss_for_module, one entry per micro-batch
         sync_each = self._fsdp()  # FSDP2 reduce-scatters every micro-batch: gradients stay sharded
-        scaler = self._grad_scalers[DEFAULT_MODULE_ID] if self._grad_scalers is not None else None
+        scaler = rllib_compat.grad_scaler(self, DEFAULT_MODULE_ID)
         for i, micro in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             # DDP all-reduces in the backward of the last micro-batch only.
@@ -356,12 +362,13 @@ class SFPOTorchLearner(TorchLearner):
                     loss = self.compute_losses(fwd_out=fwd_out, batch={DEFAULT_MODULE_ID: micro})[DEFAULT_MODULE_ID]
                 (scaler.scale(loss) if scaler is not None else loss).backward()
         if scaler is not None:
-            for optim in self._optimizer_parameters:
+            for optim in self._optimizers():
                 scaler.unscale_(optim)  # clip the true gradient, not the scaled one
         self._log_minibatch_stats()
-        gradients = {pid: p.grad for pid, p in self._params.items()}
+        gradients = {  # the registered parameters, in RLlib's order (that of registration)
+            self.get_param_ref(p): p.grad for optim in self._optimizers() for group in optim.param_groups for p in group["params"]
+        }
         self.apply_gradients(self.postprocess_gradients(gradients))
-        return None, None, {}
 
     def _log_minibatch_stats(self) -> None:
         """The loss diagnostics of the whole minibatch, from those of its micro-batches."""
@@ -420,7 +427,10 @@ class SFPOTorchLearner(TorchLearner):
             total = total + config.kl_coeff * kl
             stats["kl"] = kl.detach()
         stats["policy_loss"] = policy_loss.detach()
-        self._micro_stats.append((stats, mask.sum()))  # logged per minibatch by _update
+        self._micro_stats.append((stats, mask.sum()))  # logged per minibatch by _optimizer_step
         # The loss is this shard's exact share of the global minibatch loss; DDP averages
         # gradients over learners, so scale by the world size to get their sum.
         return total * max(1, self.config.num_learners)
+
+
+rllib_compat.check_learner_hooks(SFPOTorchLearner)  # a Ray that lacks one fails here, by name

@@ -16,11 +16,11 @@ loadable by any number of learners or by ``from_pretrained``.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 
 _FULL = None  # StateDictOptions, imported lazily (distributed checkpoint is a heavy import)
 
@@ -32,6 +32,13 @@ def _options():
 
         _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return _FULL
+
+
+def _dtensor_class():
+    """``DTensor``, or None while torch.distributed.tensor is not loaded (a heavy import, seconds
+    at start-up, that only fsdp2 needs): no tensor can be a DTensor before it is."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
 
 
 def shard_policy(policy: torch.nn.Module) -> None:
@@ -52,12 +59,14 @@ def shard_policy(policy: torch.nn.Module) -> None:
 
 
 def is_sharded(module: torch.nn.Module) -> bool:
-    return any(isinstance(p, DTensor) for p in module.parameters())
+    dtensor = _dtensor_class()
+    return dtensor is not None and any(isinstance(p, dtensor) for p in module.parameters())
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:
     """This learner's shard of a DTensor (a view on its storage), or the tensor itself."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    dtensor = _dtensor_class()
+    return tensor.to_local() if dtensor is not None and isinstance(tensor, dtensor) else tensor
 
 
 def sum_over_learners(value: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from typing import Any
 import ray
 from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 
+from sfpo_rllib import rllib_compat
 from sfpo_rllib.run_logger import RunLogger
 from sfpo_rllib.sfpo import METRIC_FIELDS
 
@@ -273,13 +274,11 @@ def _apply_lr(algo) -> None:
     A checkpoint's optimizer state carries the lr it was saved with, which RLlib would only
     replace after the next update; resuming with a new lr must use it from the next update on.
     """
-    timestep = algo.rollouts
+    from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-    def apply(learner):
-        for optimizer, schedule in learner._optimizer_lr_schedules.items():
-            learner._set_optimizer_lr(optimizer, float(schedule.update(timestep=timestep)))
-
-    algo.learner_group.foreach_learner(apply)
+    timesteps = {NUM_ENV_STEPS_SAMPLED_LIFETIME: algo.rollouts}
+    # RLlib's own hook that sets each optimizer's lr from its schedule at these timesteps.
+    algo.learner_group.foreach_learner(lambda learner: learner.after_gradient_based_update(timesteps=timesteps))
 
 
 def _read_run_config(path: str) -> dict | None:
@@ -395,10 +394,8 @@ def run_training(
 
     # Outside Tune, RLlib's Trainable logs to a fresh folder under ~/ray_results; keep a
     # run's files together in its output folder instead.
-    import ray.tune.trainable.trainable as trainable_module
-
-    trainable_module.DEFAULT_STORAGE_PATH = os.path.join(output_dir, "rllib_logs")
-    algo = config.build_algo()
+    with rllib_compat.algorithm_logdir(os.path.join(output_dir, "rllib_logs")):
+        algo = config.build_algo()
     try:
         if restore_from:
             algo.restore_from_path(restore_from)

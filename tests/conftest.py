@@ -43,6 +43,7 @@ TIERS = {
     "test_losses.py": "unit",
     "test_rollout_logp.py": "unit",
     "test_rollout_records.py": "unit",
+    "test_rllib_compat.py": "unit",
     "test_sfpo_learner.py": "unit",
     "test_slow_fast.py": "unit",
     "test_tiny_model.py": "unit",
@@ -125,11 +126,12 @@ def random_model_factory(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def results_away_from_home(tmp_path, monkeypatch):
+def results_away_from_home(tmp_path):
     """Algorithms built outside Tune log under ~/ray_results: send that to the test's tmp dir."""
-    import ray.tune.trainable.trainable as trainable_module
+    from sfpo_rllib.rllib_compat import algorithm_logdir
 
-    monkeypatch.setattr(trainable_module, "DEFAULT_STORAGE_PATH", str(tmp_path / "ray_results"))
+    with algorithm_logdir(str(tmp_path / "ray_results")):
+        yield
 
 
 @pytest.fixture
@@ -137,6 +139,8 @@ def ray_session():
     """A fresh local Ray on 2 CPUs, shut down after the test."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    from sfpo_rllib.rllib_compat import local_ray_options
+
+    ray.init(num_cpus=2, configure_logging=False, log_to_driver=False, **local_ray_options())
     yield
     ray.shutdown()

@@ -15,6 +15,7 @@ from sfpo_rllib import SFPOConfig
 from sfpo_rllib.batch import build_learner_batches, pad_rows, plan_micro_batches
 from sfpo_rllib.causal_lm_module import completion_logp_and_entropy, load_causal_lm
 from sfpo_rllib.columns import ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS, OLD_LOGP, Rollout
+from sfpo_rllib.rllib_compat import grad_scaler
 from test_sfpo_learner import SPACES, learner_for, make_records, params_of
 
 
@@ -214,7 +215,7 @@ def test_fp16_mixed_precision_scales_the_loss_and_still_steps_like_fp32(random_l
     before = params_of(fp32)
     fp16.update(batch=copy.deepcopy(batch), alpha=0.0, fast_steps=0)
     fp32.update(batch=copy.deepcopy(batch), alpha=0.0, fast_steps=0)
-    assert fp16._grad_scalers[DEFAULT_MODULE_ID].get_scale() > 1.0  # the loss really was scaled
+    assert grad_scaler(fp16, DEFAULT_MODULE_ID).get_scale() > 1.0  # the loss really was scaled
     step16 = {k: v - before[k] for k, v in params_of(fp16).items()}
     step32 = {k: v - before[k] for k, v in params_of(fp32).items()}
     assert max_diff(step32, {k: 0 * v for k, v in step32.items()}) > 1e-3

@@ -7,6 +7,7 @@ One undisturbed CLI run (module fixture) is the reference for every test here.""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -153,8 +154,6 @@ def test_pruning_and_resume_skip_what_this_run_did_not_write(tmp_path, caplog):
 
 @pytest.mark.slow
 def test_a_killed_env_runner_is_restarted_and_the_run_stays_exact(ray_session):
-    import ray
-
     from sfpo_rllib import SFPOConfig
 
     def config():
@@ -174,8 +173,8 @@ def test_a_killed_env_runner_is_restarted_and_the_run_stays_exact(ray_session):
             rows = []
             for s in range(1, 3):
                 if s == kill_before:
-                    actor = algo.env_runner_group._worker_manager._actors[1]
-                    ray.kill(actor, no_restart=False)  # the process dies; Ray may start it again
+                    pid = algo.env_runner_group.foreach_env_runner(lambda runner: os.getpid(), local_env_runner=False)[0]
+                    os.kill(pid, signal.SIGKILL)  # the process dies; Ray may start it again
                 rows.append(algo.train()["sfpo"])
             return rows, algo.runner_restarts
         finally:
