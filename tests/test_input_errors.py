@@ -12,6 +12,7 @@ import pytest
 
 from sfpo_rllib import SFPOConfig
 from sfpo_rllib.cli import main
+from sfpo_rllib.model_cache import ensure_tiny_model
 from sfpo_rllib.env_factory import check_held_out_data
 
 # ----- settings -----------------------------------------------------------------------------
@@ -70,6 +71,13 @@ def test_every_setting_with_a_wrong_type_or_value_is_one_line_naming_it(name, ki
         small(**NEEDS.get(name, {}), **{name: value}).validate()
     message = str(info.value).split("\nTo suppress all validation errors")[0]
     assert f"`{name}`" in message and "\n" not in message, message
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_model_built():
+    # A CLI command that is the machine's first use of the embedded model prints a line about
+    # building it before the error: build it first, so each test sees only the error line.
+    ensure_tiny_model()
 
 
 def cli_error(argv, capsys):
