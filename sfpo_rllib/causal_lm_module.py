@@ -19,7 +19,7 @@ from ray.rllib.utils.annotations import override
 
 from sfpo_rllib.columns import ATTENTION_MASK, COMPLETION_MASK, ENTROPY, INPUT_IDS, LOGP
 from sfpo_rllib.logprobs import DEFAULT_LOGP_CHUNK_TOKENS, LogitHead, completion_logp_and_entropy, load_causal_lm
-from sfpo_rllib.lora import apply_lora, merged_state_dict
+from sfpo_rllib.lora import apply_lora, is_lora, merged_state_dict
 
 
 class CausalLMRLModule(TorchRLModule):
@@ -70,10 +70,15 @@ class CausalLMRLModule(TorchRLModule):
 
     # Weights travel as torch tensors: RLlib's default converts to numpy, which has no
     # bfloat16 (RLLIB_NOTES.md), and a numpy round trip copies large models twice.
+    # With LoRA a weight sync (``inference_only``) moves the trained tensors alone: the frozen
+    # base is the same in every copy of the module (built from the same model folder), so the
+    # full model need not cross the object store every iteration. Checkpoints keep everything.
     @override(TorchRLModule)
     def get_state(self, components=None, *, not_components=None, inference_only=False, **kwargs):
         if self.gathered_state is not None:
             return dict(self.gathered_state)
+        if inference_only and is_lora(self.lm):
+            return {k: v.detach().cpu() for k, v in self.named_parameters() if v.requires_grad}
         return {k: v.detach().cpu() for k, v in self.state_dict().items()}
 
     @override(TorchRLModule)
@@ -84,6 +89,10 @@ class CausalLMRLModule(TorchRLModule):
         if is_sharded(self):  # every learner gets the full state and keeps its shard
             load_full_model_state(self, tensors)
             self.gathered_state, _ = gather_full_state(self, None)
+            return
+        trained = {k for k, v in self.named_parameters() if v.requires_grad}
+        if is_lora(self.lm) and set(tensors) == trained:  # a weight sync: the adapters alone
+            self.load_state_dict(tensors, strict=False)
             return
         self.load_state_dict(tensors, strict=True)
 
