@@ -67,6 +67,7 @@ from sfpo_rllib.columns import (
     ROLLOUT_LOGP,
 )
 from sfpo_rllib import sharding
+from sfpo_rllib.allocator import return_freed_memory_promptly
 from sfpo_rllib.lora import AdaptersDisabled, is_lora
 from sfpo_rllib.losses import aggregate, clipped_surrogate, kl_penalty, truncated_is_weights
 from sfpo_rllib.rollout_agreement import minibatches_gap
@@ -106,6 +107,7 @@ OPTIMIZERS = {
 class SFPOTorchLearner(TorchLearner):
     @override(TorchLearner)
     def build(self) -> None:
+        return_freed_memory_promptly()  # before the model's tensors are allocated (allocator.py)
         super().build()
         self._theta0 = ParameterSnapshot()
         self._optimizer_steps = 0  # lifetime count of optimizer steps on this learner
