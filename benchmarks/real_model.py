@@ -53,6 +53,7 @@ from real_arch import (  # noqa: E402
 )
 
 GiB = 2**30
+PROMPT_TOKENS_MAX = 64  # synthetic prompts: 50 tokens +-25%
 PARTS = ("learner", "ratio", "generation", "iteration")
 
 
@@ -82,7 +83,7 @@ def synthetic_records(prompts: int, completion_len: int, prompt_len: int = 50, s
     return records
 
 
-def learner_for(model: str, *, lora: bool, checkpointing: bool, budget: int, n: int):
+def learner_for(model: str, *, lora: bool, checkpointing: bool, budget: int, n: int, length: int):
     from ray.rllib.core import DEFAULT_MODULE_ID
 
     from sfpo_envs import TextSpace
@@ -92,7 +93,8 @@ def learner_for(model: str, *, lora: bool, checkpointing: bool, budget: int, n: 
         GRPOConfig()
         .environment("sfpo/Arithmetic-v0")
         .training(group_size=8, train_batch_size_per_learner=n, minibatch_size=n, lr=1e-6, lora_rank=8 if lora else 0)
-        .generation(model_name_or_path=model, max_new_tokens=budget, gradient_checkpointing=checkpointing)
+        .generation(model_name_or_path=model, max_new_tokens=length, max_prompt_tokens=PROMPT_TOKENS_MAX,
+                    gradient_checkpointing=checkpointing)
         .scaling(max_tokens_per_micro_batch=budget)
     )
     config.validate()
@@ -109,7 +111,7 @@ def one_learner_row(model: str, lora: bool, checkpointing: bool, budget: int, pr
 
     torch.set_num_threads(2)
     records = synthetic_records(prompts, length)
-    learner = learner_for(model, lora=lora, checkpointing=checkpointing, budget=budget, n=len(records))
+    learner = learner_for(model, lora=lora, checkpointing=checkpointing, budget=budget, n=len(records), length=length)
     (batch,), _ = build_learner_batches(records, group_size=8, num_learners=0, minibatch_size_per_learner=len(records),
                                         pad_token_id=0, max_tokens_per_micro_batch=budget)
     rows = [(len(r.prompt_ids), len(r.completion_ids)) for r in records]
@@ -138,7 +140,7 @@ def one_ratio_row(model: str, budget: int, prompts: int, length: int, repeats: i
 
     torch.set_num_threads(2)
     records = synthetic_records(prompts, length)
-    learner = learner_for(model, lora=True, checkpointing=False, budget=budget, n=len(records))
+    learner = learner_for(model, lora=True, checkpointing=False, budget=budget, n=len(records), length=length)
     (batch,), _ = build_learner_batches(records, group_size=8, num_learners=0, minibatch_size_per_learner=len(records),
                                         pad_token_id=0, max_tokens_per_micro_batch=budget)
     shard = batch.policy_batches[DEFAULT_MODULE_ID]
