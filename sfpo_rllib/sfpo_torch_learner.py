@@ -49,8 +49,8 @@ from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.learner.training_data import TrainingData
 from ray.rllib.utils.annotations import override
 
-from sfpo_rllib.rows import RowTooLongError, cut_micro_batches
 from sfpo_rllib.logprobs import completion_logp_and_entropy, load_causal_lm
+from sfpo_rllib.rows import RowTooLongError, cut_micro_batches
 from sfpo_rllib.columns import (
     ADVANTAGES,
     ATTENTION_MASK,
@@ -304,7 +304,7 @@ class SFPOTorchLearner(TorchLearner):
                         micro[OLD_LOGP], micro[OLD_ENTROPY] = out[LOGP], out[ENTROPY]
                     if self._reference is not None:
                         micro[REF_LOGP] = self._reference_logp(micro)
-        if self._fsdp() and len(minibatches) > 1:
+        if self._fsdp():
             # A forward without backward leaves the root's parameters gathered (FSDP2 reshards
             # them after the backward): shard them again before θ⁰ is snapshotted from them.
             policy.reshard()
