@@ -17,9 +17,11 @@ locally (``--model PATH`` takes a real folder instead, e.g. the fetched SmolLM2)
   split (generate / update / weight sync / rest) and the peak memory of all its processes
   (sum of PSS: the CLI, Ray's daemons, workers).
 
-Run:  python benchmarks/real_model.py --quick      (a subset at small sizes; ~25 min on 2 busy cores)
-      python benchmarks/real_model.py              (the full table; about 2-3 h on 2 busy cores)
-      python benchmarks/real_model.py --only iteration --algo SFPO   (the goal's shape only)
+Run:  python benchmarks/real_model.py --quick      (LoRA rows at 1k/2k, small generation and iterations)
+      python benchmarks/real_model.py              (the full table)
+      python benchmarks/real_model.py --only iteration --algo SFPO   (the 4 GiB goal's shape only)
+Durations: see docs/real_model_benchmarks.md (on 2 cores the full table is estimated at about
+45 min idle from the measured rates, and several times that on a shared, loaded machine).
 The GPU variant (no Ray needed) is ``real_model_gpu.py``.
 """
 
