@@ -55,6 +55,7 @@ from real_arch import (  # noqa: E402
     rows_of,
     step_flops,
     sync,
+    synthetic_minibatch,
 )
 
 GiB = 2**30
@@ -99,8 +100,6 @@ def free(device: str) -> None:
 
 
 def minibatch_for(args, vocab: int):
-    from real_arch import synthetic_minibatch
-
     completion = args.completion_tokens
     group = 8
     prompts = max(1, round(args.minibatch_tokens / ((args.prompt_tokens + completion * 5 / 8) * group)))
