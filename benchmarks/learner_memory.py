@@ -4,14 +4,13 @@ Builds (locally, no download) a random Qwen2-architecture model with Qwen2.5's v
 (151,936 tokens) and a tiny body (2 layers, 128 wide, untied output layer): the vocabulary
 dominates memory, as it does for real models' log-prob passes. Each configuration runs in a
 fresh subprocess that builds an SFPO learner (AdamW, fp32) and runs one GRPO iteration on
-synthetic rollouts: the θ⁰ pass (old log-probs + entropy, no grad) and one update pass over
-the minibatch (one optimizer step). Printed per configuration:
+synthetic rollouts (``learner.update``: one optimizer step over the minibatch, whose forward
+also gives θ⁰'s old log-probs and entropy). Printed per configuration:
 
 * peak RSS: the process's resident high-water mark (``getrusage``), and the part above the
   learner's resident size before the iteration (``iter MiB``: activations, logits, grads,
   optimizer state on first use);
-* tokens/s of the θ⁰ pass and of the update pass (completion tokens; noisy on a shared
-  machine, compare rows of one run);
+* tokens/s of the update (completion tokens; noisy on a shared machine, compare rows of one run);
 * padding efficiency: real tokens / tokens computed (padding included).
 
 Completion lengths vary (uniform between L/4 and L), prompts 32-96 tokens.
@@ -114,21 +113,15 @@ def run_one(model: str, path: str, completions: int, length: int) -> dict:
     (batch,), _ = build_learner_batches(records, group_size=2, num_learners=0,
                                         minibatch_size_per_learner=completions, pad_token_id=0)
     rss_before = rss_mib()
-    shard = copy.deepcopy(batch).policy_batches[DEFAULT_MODULE_ID]
-    minibatches, layout = learner._to_minibatches(shard)
     t0 = time.perf_counter()
-    learner._theta0_pass(minibatches)
+    out = learner.update(batch=copy.deepcopy(batch), timesteps={})["sfpo"]  # θ⁰ comes from the first step
     t1 = time.perf_counter()
-    learner._pass(minibatches)
-    t2 = time.perf_counter()
     tokens = sum(len(r.completion_ids) for r in records)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "path": path, "completions": completions, "length": length, "tokens": tokens,
-        "peak_rss_mib": peak, "iter_mib": peak - rss_before,
-        "theta0_tok_s": tokens / (t1 - t0), "update_tok_s": tokens / (t2 - t1),
-        "padding_efficiency": layout["real_tokens"] / layout["computed_tokens"],
-        "micro_batches": sum(len(m) for m in minibatches),
+        "peak_rss_mib": peak, "iter_mib": peak - rss_before, "update_tok_s": tokens / (t1 - t0),
+        "padding_efficiency": out["padding_efficiency"], "micro_batches": out["micro_batches"],
     }
 
 
@@ -211,7 +204,7 @@ def main() -> None:
         model = os.path.join(workdir, "qwen2-real-vocab")
         build_model(model)
         print(f"{'path':8} {'rows x len':>11} {'tokens':>7} {'micro':>5} {'peak RSS MiB':>12} {'iter MiB':>9} "
-              f"{'θ⁰ tok/s':>9} {'update tok/s':>12} {'pad eff':>7}", flush=True)
+              f"{'update tok/s':>12} {'pad eff':>7}", flush=True)
         for path, completions, length in rows:
             out = subprocess.run([sys.executable, __file__, "--one", f"{model},{path},{completions},{length}"],
                                  capture_output=True, text=True)
@@ -223,7 +216,7 @@ def main() -> None:
             r = json.loads(line[0][len("RESULT "):])
             results.append(r)
             print(f"{path:8} {completions:>4} x {length:<5} {r['tokens']:>7} {r['micro_batches']:>5} "
-                  f"{r['peak_rss_mib']:>12.0f} {r['iter_mib']:>9.0f} {r['theta0_tok_s']:>9.0f} "
+                  f"{r['peak_rss_mib']:>12.0f} {r['iter_mib']:>9.0f} "
                   f"{r['update_tok_s']:>12.0f} {r['padding_efficiency']:>7.2f}", flush=True)
         flat = [r for r in results if r["path"] == "bounded" and r["length"] == 1024]
         if len(flat) >= 2:

@@ -10,8 +10,10 @@ Grep a constant's name to find everything that reads or writes its column.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from sfpo_envs.base import Verdict
+if TYPE_CHECKING:  # the column names import without the environments (and gymnasium)
+    from sfpo_envs.base import Verdict
 
 # ----- built by batch.py from the rollouts ----------------------------------------------
 INPUT_IDS = "input_ids"  # (B, P + C) int64: prompt and completion token ids, pad elsewhere
@@ -29,11 +31,18 @@ ROLLOUT_LOGP = "rollout_logp"
 
 # ----- added by the learner -------------------------------------------------------------
 OLD_LOGP = "old_logp"  # (B, C) float32: log π under θ⁰ (the weights the rollouts came from), by the θ⁰ pass
+OLD_ENTROPY = "old_entropy"  # (B, C) float32: the entropy under θ⁰ (the trigger's H_s), beside OLD_LOGP
 REF_LOGP = "ref_logp"  # (B, C) float32: log π under the frozen reference model (only when kl_coeff > 0)
 
 # ----- the module's forward output ------------------------------------------------------
 LOGP = "logp"  # (B, C) float32: log π(sampled token) at the sampling temperature
 ENTROPY = "entropy"  # (B, C) float32: entropy of π at the sampling temperature
+
+
+def _unscored() -> Verdict:
+    from sfpo_envs.base import Verdict
+
+    return Verdict(reward=0.0, correct=False)
 
 
 @dataclass
@@ -49,7 +58,7 @@ class Rollout:
     prompt_ids: list[int]
     completion_ids: list[int]  # eos included when the completion stopped
     # Unscored by default (only tests and benchmarks that lay out tokens build one so).
-    verdict: Verdict = field(default_factory=lambda: Verdict(reward=0.0, correct=False))
+    verdict: Verdict = field(default_factory=lambda: _unscored())
     rollout_logp: list[float] | None = None  # the engine's log π of each completion token, if it reports them
     stopped: bool = True  # ended with eos (False: cut at max_new_tokens)
     prompt_index: int = -1  # the example of the training data set

@@ -25,6 +25,7 @@ from ray.rllib.utils.checkpoints import Checkpointable
 
 from sfpo_envs.base import Verdict
 
+from sfpo_rllib.allocator import return_freed_memory_promptly
 from sfpo_rllib.batch import pad_token_of
 from sfpo_rllib.columns import Rollout
 from sfpo_rllib.engines import SamplingParams
@@ -108,6 +109,7 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
     """Samples rollouts for SFPO/GRPO; one per Ray actor (or one local)."""
 
     def __init__(self, *, config, **kwargs):
+        return_freed_memory_promptly()  # generation allocates per step too (allocator.py)
         super().__init__(config=config, **kwargs)
         from transformers import AutoTokenizer
 

@@ -21,7 +21,7 @@ from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.annotations import override
 
-from sfpo_rllib.causal_lm_module import DTYPES
+from sfpo_rllib.logprobs import DTYPES
 from sfpo_rllib.engines.factory import ROLLOUT_ENGINES
 from sfpo_rllib.entropy_trigger import TRIGGER_RULES
 from sfpo_rllib.losses import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS

@@ -3,7 +3,10 @@
 One call of ``update`` is one SFPO iteration s on this learner's shard:
 
   0. θ⁰ pass (no grad): old log-probs of every completion token under θ⁰ (the ratio's
-     denominator for all K+1 passes), and the entropy sum that drives the trigger.
+     denominator for all K+1 passes), and the entropy sum that drives the trigger. The
+     first minibatch skips it: the iteration's first optimizer step runs at θ⁰, so its own
+     forward gives those log-probs and entropies (detached) before its loss uses them. With
+     one minibatch (GRPO's usual shape) the separate θ⁰ forward is gone entirely.
   I. Fast trajectory: K passes (each ``num_epochs`` epochs over the minibatches).
  II. Reposition: θ̃ = θ⁰ + α (θᴷ − θ⁰), in place from a single snapshot of θ⁰.
 III. Slow correction: one more pass from θ̃.
@@ -47,8 +50,8 @@ from ray.rllib.core.learner.training_data import TrainingData
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
-from sfpo_rllib.batch import RowTooLongError, cut_micro_batches
-from sfpo_rllib.causal_lm_module import completion_logp_and_entropy, load_causal_lm
+from sfpo_rllib.logprobs import completion_logp_and_entropy, load_causal_lm
+from sfpo_rllib.rows import RowTooLongError, cut_micro_batches
 from sfpo_rllib.columns import (
     ADVANTAGES,
     ATTENTION_MASK,
@@ -59,11 +62,13 @@ from sfpo_rllib.columns import (
     MB_INDEX,
     MB_NUM_SEQS,
     MB_NUM_TOKENS,
+    OLD_ENTROPY,
     OLD_LOGP,
     REF_LOGP,
     ROLLOUT_LOGP,
 )
 from sfpo_rllib import rllib_compat, sharding
+from sfpo_rllib.allocator import return_freed_memory_promptly
 from sfpo_rllib.lora import AdaptersDisabled, is_lora
 from sfpo_rllib.losses import aggregate, clipped_surrogate, kl_penalty, truncated_is_weights
 from sfpo_rllib.rollout_agreement import minibatches_gap
@@ -103,6 +108,7 @@ OPTIMIZERS = {
 class SFPOTorchLearner(TorchLearner):
     @override(TorchLearner)
     def build(self) -> None:
+        return_freed_memory_promptly()  # before the model's tensors are allocated (allocator.py)
         super().build()
         self._theta0 = ParameterSnapshot()
         self._optimizer_steps = 0  # lifetime count of optimizer steps on this learner
@@ -226,8 +232,7 @@ class SFPOTorchLearner(TorchLearner):
 
         self.before_gradient_based_update(timesteps=timesteps or {})  # RLlib's hooks: once per iteration
         self._count_weights_version()
-        entropy_sum, num_tokens = self._theta0_pass(minibatches)
-        rollout_gap = minibatches_gap((micro for mb in minibatches for micro in mb), OLD_LOGP, ROLLOUT_LOGP, COMPLETION_MASK)
+        self._theta0_pass(minibatches)
 
         params = self._trainable()
         distance = 0.0
@@ -241,6 +246,10 @@ class SFPOTorchLearner(TorchLearner):
             self._theta0.reposition(params, alpha)  # Stage II
         self._pass(minibatches, diagnostics["slow"])  # Stage III (GRPO's only pass)
         self.after_gradient_based_update(timesteps=timesteps or {})
+        micro_batches = [micro for mb in minibatches for micro in mb]
+        entropy_sum = sum(float((micro[OLD_ENTROPY] * micro[COMPLETION_MASK]).sum()) for micro in micro_batches)
+        num_tokens = sum(float(micro[COMPLETION_MASK].sum()) for micro in micro_batches)
+        rollout_gap = minibatches_gap(micro_batches, OLD_LOGP, ROLLOUT_LOGP, COMPLETION_MASK)
         if self._fsdp():
             self._gather_full_state()
 
@@ -291,24 +300,28 @@ class SFPOTorchLearner(TorchLearner):
         return minibatches, layout
 
     @torch.no_grad()
-    def _theta0_pass(self, minibatches: list[list[dict[str, torch.Tensor]]]) -> tuple[float, float]:
+    def _theta0_pass(self, minibatches: list[list[dict[str, torch.Tensor]]]) -> None:
+        """θ⁰'s log-probs and entropies (and the reference's log-probs) of every micro-batch but
+        the first minibatch's, whose come from the first optimizer step (``_take_theta0``)."""
         policy = self._policy()
-        entropy_sum, num_tokens = 0.0, 0.0
-        for micro in (micro for mb in minibatches for micro in mb):
-            mask = micro[COMPLETION_MASK]
-            with self._autocast():
-                out = policy(micro)  # through __call__: FSDP2 gathers the root's parameters there
-                logp, entropy = out[LOGP], out[ENTROPY]
-                micro[OLD_LOGP] = logp
-                if self._reference is not None:
-                    micro[REF_LOGP] = self._reference_logp(micro)
-            entropy_sum += float((entropy * mask).sum())
-            num_tokens += float(mask.sum())
+        for m, micro_batches in enumerate(minibatches):
+            for micro in micro_batches:
+                with self._autocast():
+                    if m > 0:
+                        out = policy(micro)  # through __call__: FSDP2 gathers the root's parameters there
+                        micro[OLD_LOGP], micro[OLD_ENTROPY] = out[LOGP], out[ENTROPY]
+                    if self._reference is not None:
+                        micro[REF_LOGP] = self._reference_logp(micro)
         if self._fsdp():
             # A forward without backward leaves the root's parameters gathered (FSDP2 reshards
             # them after the backward): shard them again before θ⁰ is snapshotted from them.
             policy.reshard()
-        return entropy_sum, num_tokens
+
+    @staticmethod
+    def _take_theta0(micro: dict[str, torch.Tensor], fwd_out: dict[str, torch.Tensor]) -> None:
+        """In the iteration's first optimizer step, still at θ⁰: its forward's log-probs and
+        entropies are θ⁰'s, the very numbers a separate no-grad pass would compute."""
+        micro[OLD_LOGP], micro[OLD_ENTROPY] = fwd_out[LOGP].detach(), fwd_out[ENTROPY].detach()
 
     def _reference_logp(self, micro) -> torch.Tensor:
         if isinstance(self._reference, AdaptersDisabled):
@@ -388,6 +401,8 @@ class SFPOTorchLearner(TorchLearner):
     # ----- the GRPO loss --------------------------------------------------------------
     @override(TorchLearner)
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        if OLD_LOGP not in batch:  # the iteration's first step, at θ⁰ (see _theta0_pass)
+            self._take_theta0(batch, fwd_out)
         mask = batch[COMPLETION_MASK]
         norms = {
             "num_tokens": batch[MB_NUM_TOKENS][0],

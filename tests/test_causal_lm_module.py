@@ -65,6 +65,30 @@ def test_state_round_trip_keeps_torch_tensors_and_bf16(random_model_factory):
     assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), other.state_dict().values()))
 
 
+def test_a_lora_weight_sync_moves_the_adapters_alone_and_gives_the_same_module(random_model_factory):
+    settings = {"r": 4, "lora_alpha": 8.0, "target_modules": "all-linear", "lora_dropout": 0.0,
+                "modules_to_save": None, "seed": 0}
+    path = random_model_factory("llama")
+
+    def lora_module():
+        return CausalLMRLModule(observation_space=TextSpace(), action_space=TextSpace(),
+                                model_config={"model_path": path, "lora": settings})
+
+    learner, runner = lora_module(), lora_module()
+    with torch.no_grad():
+        for name, p in learner.named_parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))  # "trained" adapters
+    synced = learner.get_state(inference_only=True)
+    trained = {k for k, p in learner.named_parameters() if p.requires_grad}
+    assert set(synced) == trained and len(synced) < len(learner.state_dict())
+    runner.set_state(synced)
+    assert all(torch.equal(a, b) for a, b in zip(learner.state_dict().values(), runner.state_dict().values()))
+    assert set(learner.get_state()) == set(learner.state_dict())  # checkpoints keep the whole module
+    with pytest.raises(RuntimeError):  # any other partial state is an error, not a silent half-load
+        runner.set_state(dict(list(synced.items())[:-1]))
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_generate_samples_from_the_distribution_the_loss_uses(random_model_factory, arch):
     """Sampled completions' step-wise scores equal the recomputed log-probs (left padding included)."""

@@ -14,7 +14,7 @@ from sfpo_envs import Verdict
 from sfpo_rllib import SFPOConfig
 from sfpo_rllib.batch import build_learner_batches, pad_rows, plan_micro_batches
 from sfpo_rllib.causal_lm_module import completion_logp_and_entropy, load_causal_lm
-from sfpo_rllib.columns import ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS, OLD_LOGP, Rollout
+from sfpo_rllib.columns import ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS, LOGP, OLD_LOGP, Rollout
 from sfpo_rllib.rllib_compat import grad_scaler
 from test_sfpo_learner import SPACES, learner_for, make_records, params_of
 
@@ -202,9 +202,11 @@ def test_mixed_precision_really_computes_in_bf16(random_llama):
     bf16 = learner_for(random_llama, mixed_precision="bf16")
     mbs32, _ = fp32._to_minibatches(batch.policy_batches[DEFAULT_MODULE_ID])
     mbs16, _ = bf16._to_minibatches(batch.policy_batches[DEFAULT_MODULE_ID])
-    fp32._theta0_pass(mbs32)
-    bf16._theta0_pass(mbs16)
-    diff = float((mbs32[0][0][OLD_LOGP] - mbs16[0][0][OLD_LOGP]).abs().max())
+    logps = []
+    for learner, micro in ((fp32, mbs32[0][0]), (bf16, mbs16[0][0])):
+        with torch.no_grad(), learner._autocast():  # as the θ⁰ pass and every step compute them
+            logps.append(learner._policy()(micro)[LOGP])
+    diff = float((logps[0] - logps[1]).abs().max())
     assert 1e-6 < diff < 0.1
 
 

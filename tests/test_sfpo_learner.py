@@ -161,3 +161,39 @@ def test_lr_schedule_is_evaluated_once_per_iteration(random_llama):
     learner.update(batch=copy.deepcopy(batch), alpha=0.8, fast_steps=3, timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: 50})
     assert len(lrs) == 8 and len(set(lrs)) == 1  # the same lr for all K+1 passes
     assert lrs[0] == pytest.approx(1e-3 + 0.5 * (1e-4 - 1e-3))
+
+
+@pytest.mark.parametrize("minibatch_size", [16, 8])
+def test_theta0_statistics_equal_a_separate_no_grad_pass_and_the_first_minibatch_costs_no_extra_forward(
+        random_llama, minibatch_size):
+    """The first minibatch's θ⁰ log-probs and entropies come from the first optimizer step's own
+    forward: the entropy sum and the rollout gap equal those of a plain no-grad pass at θ⁰, and
+    with one minibatch each micro-batch runs exactly one forward per optimizer step."""
+    records = make_records(seed=5)
+    for r in records:
+        r.rollout_logp = [-1.0] * len(r.completion_ids)
+    (batch,), _ = build_learner_batches(records, group_size=4, num_learners=0, minibatch_size_per_learner=minibatch_size,
+                                        pad_token_id=0)
+    learner = learner_for(random_llama, minibatch_size=minibatch_size, max_tokens_per_micro_batch=30)
+    theta0 = load_causal_lm(str(random_llama))
+    forwards = []
+    learner._policy().lm.model.register_forward_hook(lambda *_: forwards.append(1))
+    out = learner.update(batch=copy.deepcopy(batch), alpha=0.0, fast_steps=0)["sfpo"]
+
+    entropy_sum, gap_sum, tokens = 0.0, 0.0, 0.0
+    with torch.no_grad():
+        for mb in torch_minibatches(batch):
+            mask = mb[COMPLETION_MASK]
+            logp, entropy = completion_logp_and_entropy(theta0, mb[INPUT_IDS], mb[ATTENTION_MASK], mask.shape[1], 1.0,
+                                                        completion_mask=mask)
+            entropy_sum += float((entropy * mask).sum())
+            gap_sum += float(((logp - mb["rollout_logp"]).abs() * mask).sum())
+            tokens += float(mask.sum())
+    assert out["num_tokens"] == tokens
+    assert out["entropy_sum"] == pytest.approx(entropy_sum, rel=1e-5)
+    assert out["rollout_logp_diff_sum"] == pytest.approx(gap_sum, rel=1e-5)
+    minibatches = 16 // minibatch_size
+    per_pass = out["micro_batches"]
+    # One forward per micro-batch per step, plus the θ⁰ forward of every minibatch but the first.
+    first = per_pass // minibatches
+    assert len(forwards) == per_pass + (per_pass - first)

@@ -1,0 +1,355 @@
+"""Memory and speed of the trainer on a real architecture (SmolLM2-135M's), on this machine: one table.
+
+The model is SmolLM2-135M(-Instruct)'s exact architecture with random weights, built
+locally (``--model PATH`` takes a real folder instead, e.g. the fetched SmolLM2). Rows:
+
+* learner: one GRPO update (``SFPOTorchLearner.update``, K = 0: one optimizer step over a
+  minibatch of synthetic rollouts, 8 per prompt, varied lengths) per micro-batch budget,
+  with and without gradient checkpointing, full fine-tuning and LoRA (rank 8): peak resident
+  memory of the process, tokens/s (real tokens), achieved FLOP/s and MFU against the fp32
+  matmul peak measured at the start of the same run. Each row runs in a fresh process.
+* the learner's update against a plain PyTorch step on the same model and the same
+  micro-batches (full logits, log_softmax, clipped surrogate, backward, AdamW): the ratio of
+  per-token cost, repeats alternated, medians.
+* generation: the ``hf`` engine (and ``vllm`` where installed), N prompts x T new tokens.
+* one SFPO (K = 3) and one GRPO iteration through the CLI (8 prompts x 8 completions, <= 192
+  new tokens, LoRA rank 8, micro-batches of 4,096 tokens, gradient checkpointing): the time
+  split (generate / update / weight sync / rest) and the peak memory of all its processes
+  (sum of PSS: the CLI, Ray's daemons, workers).
+
+Run:  python benchmarks/real_model.py --quick      (LoRA rows at 1k/2k, small generation and iterations)
+      python benchmarks/real_model.py              (the full table)
+      python benchmarks/real_model.py --only iteration --algo SFPO   (the 4 GiB goal's shape only)
+Durations: see docs/real_model_benchmarks.md (on 2 cores the full table is estimated at about
+45 min idle from the measured rates, and several times that on a shared, loaded machine).
+The GPU variant (no Ray needed) is ``real_model_gpu.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from real_arch import (  # noqa: E402
+    PeakMemory,
+    Shape,
+    build_model,
+    cpu_name,
+    markdown_table,
+    matmul_peak,
+    optimizer_for,
+    plain_step,
+    rows_of,
+    step_flops,
+)
+
+GiB = 2**30
+PROMPT_TOKENS_MAX = 64  # synthetic prompts: 50 tokens +-25%
+PARTS = ("learner", "ratio", "generation", "iteration")
+
+
+def save_random_model(path: str) -> None:
+    """SmolLM2-135M's architecture, random weights, with the embedded character tokenizer (ids 0 =
+    pad, 1 = eos; the learner never decodes, generated ids beyond its 100 decode to nothing)."""
+    from sfpo_rllib.tiny_model import build_tokenizer
+
+    model = build_model("smollm2-135m")
+    model.config.pad_token_id, model.config.eos_token_id, model.config.bos_token_id = 0, 1, None
+    model.save_pretrained(path)
+    build_tokenizer().save_pretrained(path)
+
+
+def synthetic_records(prompts: int, completion_len: int, prompt_len: int = 50, seed: int = 0):
+    import numpy as np
+
+    from sfpo_rllib.columns import Rollout
+
+    rng = np.random.default_rng(seed)
+    records = []
+    for _ in range(prompts):
+        prompt = rng.integers(3, 49_152, size=int(rng.integers(prompt_len * 3 // 4, prompt_len * 5 // 4 + 1))).tolist()
+        for _ in range(8):
+            completion = rng.integers(3, 49_152, size=int(rng.integers(completion_len // 4, completion_len + 1))).tolist()
+            records.append(Rollout(prompt_ids=prompt, completion_ids=completion, reward=float(rng.random() < 0.5)))
+    return records
+
+
+def learner_for(model: str, *, lora: bool, checkpointing: bool, budget: int, n: int, length: int):
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    from sfpo_envs import TextSpace
+    from sfpo_rllib import GRPOConfig
+
+    config = (
+        GRPOConfig()
+        .environment("sfpo/Arithmetic-v0")
+        .training(group_size=8, train_batch_size_per_learner=n, minibatch_size=n, lr=1e-6, lora_rank=8 if lora else 0)
+        .generation(model_name_or_path=model, max_new_tokens=length, max_prompt_tokens=PROMPT_TOKENS_MAX,
+                    gradient_checkpointing=checkpointing)
+        .scaling(max_tokens_per_micro_batch=budget)
+    )
+    config.validate()
+    return config.build_learner(spaces={DEFAULT_MODULE_ID: (TextSpace(), TextSpace())})
+
+
+def one_learner_row(model: str, lora: bool, checkpointing: bool, budget: int, prompts: int, length: int) -> dict:
+    """In a fresh process: one GRPO update; peak RSS of the process, tokens/s, FLOPs."""
+    import copy
+
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    from sfpo_rllib.batch import build_learner_batches
+
+    torch.set_num_threads(2)
+    records = synthetic_records(prompts, length)
+    learner = learner_for(model, lora=lora, checkpointing=checkpointing, budget=budget, n=len(records), length=length)
+    (batch,), _ = build_learner_batches(records, group_size=8, num_learners=0, minibatch_size_per_learner=len(records),
+                                        pad_token_id=0, max_tokens_per_micro_batch=budget)
+    rows = [(len(r.prompt_ids), len(r.completion_ids)) for r in records]
+    with PeakMemory("cpu") as mem:
+        t0 = time.perf_counter()
+        out = learner.update(batch=copy.deepcopy(batch), timesteps={})
+        seconds = time.perf_counter() - t0
+    base = learner._policy().lm
+    base = base.get_base_model() if lora else base
+    return {"seconds": seconds, "tokens": sum(p + c for p, c in rows), "peak_bytes": mem.peak_bytes,
+            "micro_batches": out["sfpo"]["micro_batches"], "flops": step_flops(Shape.of(base.config), rows, lora),
+            "padding_efficiency": out["sfpo"]["padding_efficiency"]}
+
+
+def one_ratio_row(model: str, budget: int, prompts: int, length: int, repeats: int) -> dict:
+    """In a fresh process: the learner's GRPO update against the plain step, same model (LoRA,
+    no checkpointing) and the same micro-batches, alternating; medians."""
+    import copy
+
+    import numpy as np
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    from sfpo_rllib.batch import build_learner_batches
+    from sfpo_rllib.columns import MB_INDEX, OLD_LOGP
+    from sfpo_rllib.rows import cut_micro_batches
+
+    torch.set_num_threads(2)
+    records = synthetic_records(prompts, length)
+    learner = learner_for(model, lora=True, checkpointing=False, budget=budget, n=len(records), length=length)
+    (batch,), _ = build_learner_batches(records, group_size=8, num_learners=0, minibatch_size_per_learner=len(records),
+                                        pad_token_id=0, max_tokens_per_micro_batch=budget)
+    shard = batch.policy_batches[DEFAULT_MODULE_ID]
+    columns = {k: torch.from_numpy(np.asarray(shard[k])) for k in shard.keys() if k != MB_INDEX}
+    columns[OLD_LOGP] = torch.zeros_like(columns["completion_mask"])  # a fixed θ⁰: the plain step's ratio input
+    micro = cut_micro_batches(columns, max_tokens=budget)[0]
+    lm = learner._policy().lm
+    optimizer = optimizer_for(lm)
+    times = {"learner": [], "plain": []}
+    for i in range(repeats + 1):  # the first round warms both up and is dropped
+        t0 = time.perf_counter()
+        learner.update(batch=copy.deepcopy(batch), timesteps={})
+        t1 = time.perf_counter()
+        plain_step(lm, optimizer, micro)
+        t2 = time.perf_counter()
+        if i:
+            times["learner"].append(t1 - t0)
+            times["plain"].append(t2 - t1)
+    tokens = sum(len(r.prompt_ids) + len(r.completion_ids) for r in records)
+    return {"learner": statistics.median(times["learner"]), "plain": statistics.median(times["plain"]), "tokens": tokens}
+
+
+def one_generation_row(model: str, engine_name: str, prompts: int, tokens: int) -> dict:
+    from sfpo_rllib.engines import SamplingParams
+
+    torch.set_num_threads(2)
+    if engine_name == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            return {"error": "not installed"}
+        from sfpo_rllib.engines.vllm import VLLMEngine
+
+        engine = VLLMEngine(model, dtype="float32", eos_token_id=49_152)
+    else:
+        from sfpo_rllib.engines.hf import HFGenerateEngine
+        from sfpo_rllib.logprobs import load_causal_lm
+
+        # eos outside the vocabulary: every row generates all its tokens.
+        engine = HFGenerateEngine(load_causal_lm(model), pad_token_id=0, eos_token_id=49_152, max_batch_size=prompts)
+    g = torch.Generator().manual_seed(0)
+    prompt_ids = [torch.randint(3, 49_152, (64,), generator=g).tolist() for _ in range(prompts)]
+    engine.generate(prompt_ids[:2], 1, SamplingParams(max_new_tokens=4), seed=1)  # warm-up
+    t0 = time.perf_counter()
+    completions = engine.generate(prompt_ids, 1, SamplingParams(max_new_tokens=tokens), seed=0)
+    seconds = time.perf_counter() - t0
+    sync_s = None
+    if engine_name == "vllm":
+        from sfpo_rllib.logprobs import load_causal_lm
+
+        sync_s = engine.load_weights(load_causal_lm(model).state_dict())
+    engine.close()
+    return {"seconds": seconds, "tokens": sum(len(c) for c in completions), "sync_s": sync_s}
+
+
+def run_iteration(model: str, workdir: str, algo: str, prompts: int, tokens: int) -> dict:
+    """One iteration through the CLI: its metrics row and the peak PSS of its process tree."""
+    from learner_memory import process_tree_pss_mib
+
+    plugin = os.path.join(workdir, "real_plugin")
+    os.makedirs(plugin, exist_ok=True)
+    with open(os.path.join(plugin, "__init__.py"), "w") as f:
+        f.write(
+            "import gymnasium as gym\nfrom sfpo_envs import RewardFnEnv\n"
+            "def make_env(data=None, split='train', **kw):\n"
+            "    ex = [{'prompt': f'Question {a}: what is {a} plus {a}? Think step by step, then answer.', "
+            "'target': str(2 * a)} for a in range(64)]\n"
+            "    return RewardFnEnv(ex, reward_fn=lambda c, e: float(len(c) % 3 == 0))\n"
+            "gym.register(id='real/Any-v0', entry_point=make_env, disable_env_checker=True)\n"
+        )
+    settings = {"group_size": 8, "train_batch_size_per_learner": prompts * 8, "minibatch_size": prompts * 8,
+                "max_new_tokens": tokens, "max_prompt_tokens": 96, "test_interval": 0, "model_name_or_path": model,
+                "max_tokens_per_micro_batch": 4096, "lora_rank": 8, "gradient_checkpointing": True,
+                "chat_template": "none"}
+    env = dict(os.environ, PYTHONPATH=workdir + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = os.path.join(workdir, f"run-{algo}")
+    cmd = [sys.executable, "-m", "sfpo_rllib.cli", "train", "--algo", algo, "--env", "real_plugin:real/Any-v0",
+           "--config", json.dumps(settings), "--stop-iters", "1", "--output", out, "--num-cpus", "2", "--no-progress",
+           "--checkpoint-every", "1000"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, process_tree_pss_mib(proc.pid)[0])
+        time.sleep(0.5)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        return {"error": f"exit {proc.returncode}: {proc.stderr.read().strip().splitlines()[-1:]}"}
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        row = json.loads(f.readlines()[-1])
+    return {**row, "peak_pss_mib": peak, "wall_s": wall}
+
+
+def child(kind: str, *args) -> None:
+    fn = {"learner": one_learner_row, "ratio": one_ratio_row, "generation": one_generation_row}[kind]
+    print("RESULT " + json.dumps(fn(*args)))
+
+
+def in_subprocess(kind: str, *args) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps([kind, *args])], capture_output=True, text=True)
+    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    if out.returncode or not line:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit {out.returncode}: {tail}"[:160].replace("|", "/")}
+    return json.loads(line[0][len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="a real model folder (default: SmolLM2-135M's architecture, random weights)")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--quick", action="store_true", help="budgets 1k and 2k, LoRA only, small generation and iterations")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    parser.add_argument("--prompts", type=int, default=8, help="prompts (x 8 completions) per learner update")
+    parser.add_argument("--length", type=int, default=192, help="longest completion (lengths vary 25-100%%)")
+    parser.add_argument("--gen", type=int, nargs=2, default=[64, 256], metavar=("PROMPTS", "TOKENS"))
+    parser.add_argument("--iteration", type=int, nargs=2, default=[8, 192], metavar=("PROMPTS", "TOKENS"),
+                        help="prompts (x 8) and new tokens of the CLI iterations")
+    parser.add_argument("--algo", nargs="+", default=["SFPO", "GRPO"], choices=["SFPO", "GRPO"])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", help="also write the table as markdown to this file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*json.loads(args.child))
+        return
+    methods = [(False, False), (False, True), (True, False), (True, True)]  # (lora, checkpointing)
+    if args.quick:
+        args.budgets, args.prompts, args.gen, args.iteration, args.repeats = [1024, 2048], 2, [8, 32], [2, 32], 1
+        methods = [(True, False), (True, True)]
+
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    peak = matmul_peak("cpu", torch.float32)
+    sections = [
+        f"# Trainer on SmolLM2-135M's architecture{' (' + args.model + ')' if args.model else ' (random weights)'}",
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}, torch {torch.__version__}, "
+        f"fp32; measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s; command: `python {' '.join(sys.argv)}`",
+    ]
+    print("\n\n".join(sections), flush=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        model = args.model
+        if not model:
+            model = os.path.join(workdir, "smollm2-135m-random")
+            save_random_model(model)
+        if "learner" in args.only:
+            headers = ["method", "ckpt", "budget", "micro-batches", "pad eff", "tokens/s", "peak RSS GiB", "GFLOP/s", "MFU",
+                       "error"]
+            rows = []
+            for lora, checkpointing in methods:
+                for budget in args.budgets:
+                    r = in_subprocess("learner", model, lora, checkpointing, budget, args.prompts, args.length)
+                    name, ckpt = ("LoRA r8" if lora else "full FT"), ("yes" if checkpointing else "no")
+                    if "error" in r:
+                        rows.append([name, ckpt, budget, "", "", "", "", "", "", r["error"]])
+                    else:
+                        achieved = r["flops"] / r["seconds"]
+                        rows.append([name, ckpt, budget, r["micro_batches"], f"{r['padding_efficiency']:.2f}",
+                                     f"{r['tokens'] / r['seconds']:.0f}", f"{r['peak_bytes'] / GiB:.2f}",
+                                     f"{achieved / 1e9:.0f}", f"{achieved / peak:.0%}", ""])
+                    print(markdown_table(headers, rows[-1:]).splitlines()[-1], flush=True)
+            sections.append(f"## Learner: one GRPO update of {args.prompts} x 8 completions (<= {args.length} tokens)\n\n"
+                            + markdown_table(headers, rows))
+        if "ratio" in args.only:
+            budget = args.budgets[-1]
+            r = in_subprocess("ratio", model, budget, args.prompts, args.length, args.repeats)
+            headers = ["budget", "learner update s", "plain step s", "ratio", "error"]
+            row = ([budget, "", "", "", r["error"]] if "error" in r else
+                   [budget, f"{r['learner']:.1f}", f"{r['plain']:.1f}", f"{r['learner'] / r['plain']:.2f}", ""])
+            sections.append("## Learner update vs a plain PyTorch step (LoRA, same micro-batches, medians)\n\n"
+                            + markdown_table(headers, [row]))
+            print(sections[-1], flush=True)
+        if "generation" in args.only:
+            headers = ["engine", "prompts x tokens", "tokens/s", "seconds", "weight sync s", "error"]
+            rows = []
+            for name in ("hf", "vllm"):
+                r = in_subprocess("generation", model, name, *args.gen)
+                shape = f"{args.gen[0]} x {args.gen[1]}"
+                if "error" in r:
+                    rows.append([name, shape, "", "", "", r["error"]])
+                else:
+                    sync_s = "shared weights (0)" if r["sync_s"] is None else f"{r['sync_s']:.2f}"
+                    rows.append([name, shape, f"{r['tokens'] / r['seconds']:.0f}", f"{r['seconds']:.0f}", sync_s, ""])
+            sections.append("## Generation\n\n" + markdown_table(headers, rows))
+            print(sections[-1], flush=True)
+        if "iteration" in args.only:
+            headers = ["algo", "iteration s", "generate s", "update s", "weight sync s", "other s", "peak PSS GiB (all)",
+                       "completion tokens", "error"]
+            rows = []
+            for algo in args.algo:
+                r = run_iteration(model, workdir, algo, *args.iteration)
+                if "error" in r:
+                    rows.append([algo, "", "", "", "", "", "", "", r["error"]])
+                    continue
+                other = r["time_iteration_s"] - r["time_generate_s"] - r["time_update_s"] - r["time_sync_s"]
+                rows.append([algo, f"{r['time_iteration_s']:.0f}", f"{r['time_generate_s']:.0f}", f"{r['time_update_s']:.0f}",
+                             f"{r['time_sync_s']:.1f}", f"{other:.0f}", f"{r['peak_pss_mib'] / 1024:.2f}",
+                             f"{r['completion_tokens']:.0f}", ""])
+            sections.append(f"## One iteration through the CLI ({args.iteration[0]} prompts x 8, <= {args.iteration[1]} "
+                            "new tokens, LoRA r8, budget 4096, gradient checkpointing)\n\n" + markdown_table(headers, rows))
+            print(sections[-1], flush=True)
+    sections.append(f"Total time: {time.perf_counter() - started:.0f} s.")
+    print(sections[-1])
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n\n".join(sections) + "\n")
+
+
+if __name__ == "__main__":
+    main()
