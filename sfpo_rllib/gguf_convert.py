@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from sfpo_rllib.causal_lm_module import DTYPES
+from sfpo_rllib.logprobs import DTYPES
 
 # A short chat-formatted probe: the saved fp32 folder must give the GGUF model's logits on it.
 _PROBE = [{"role": "user", "content": "What is 12 + 30?"}]
