@@ -35,6 +35,7 @@ RUNNERS = {  # runner ID -> the test that runs it
     "python-tune": "test_python_and_tune",
     "reverse-plugin": "test_plugged_in_verifier",
     "reverse-plugin-train": "test_plugged_in_verifier",
+    "models-fetch": "test_models_fetch_and_list",
 }
 
 
@@ -177,3 +178,12 @@ def test_plugged_in_verifier(tmp_path):
     tested = [row for row in rows if row["test_accuracy"] is not None]
     assert [row["iteration"] for row in tested] == [0, 2]
     assert all(row["test_problems"] == 4 and row["test_overlap_problems"] == 0 for row in tested)
+
+
+@pytest.mark.real_model
+def test_models_fetch_and_list(smollm2, capsys):
+    fetch, listing = commands("models-fetch")
+    main(fetch[1:])  # already in the cache (the smollm2 fixture): found, not fetched again
+    main(listing[1:])
+    out = capsys.readouterr().out
+    assert str(smollm2) in out and "smollm2-135m-instruct" in out, out
