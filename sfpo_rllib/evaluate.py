@@ -96,8 +96,8 @@ def load_checkpoint_policy(runner, path: str) -> None:
     RL module / module id), read by RLlib's own ``RLModule.restore_from_path``."""
     from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 
-    runner.module.restore_from_path(
-        os.path.join(path, COMPONENT_LEARNER_GROUP, COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID)
+    runner.module.restore_from_path(  # absolute: RLlib reads the path as a URI (pyarrow)
+        os.path.join(os.path.abspath(path), COMPONENT_LEARNER_GROUP, COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID)
     )
     runner.set_state({COMPONENT_RL_MODULE: {DEFAULT_MODULE_ID: runner.module.get_state()}})  # and to the engine
 

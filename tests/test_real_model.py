@@ -204,14 +204,14 @@ def test_the_exported_model_gives_the_learners_log_probs(trained, base_rollouts)
     from transformers import AutoModelForCausalLM
 
     from sfpo_rllib.env_runner import SFPOEnvRunner
-    from sfpo_rllib.evaluate import checkpoint_config, checkpoint_weights
-    from ray.rllib.core import COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
+    from sfpo_rllib.evaluate import load_checkpoint_policy
+    from sfpo_rllib.rllib_compat import checkpoint_config
 
     checkpoint = str(trained / "checkpoints" / "iteration_000001")
     config = checkpoint_config(checkpoint).copy(copy_frozen=False).env_runners(num_env_runners=0)
     policy = SFPOEnvRunner(config=config)
     try:
-        policy.set_state({COMPONENT_RL_MODULE: {DEFAULT_MODULE_ID: checkpoint_weights(checkpoint)}})
+        load_checkpoint_policy(policy, checkpoint)
         _, records = base_rollouts
         learner = recomputed_logp(policy.module.lm, records)
         base = recomputed_logp(base_rollouts[0].module.lm, records)
