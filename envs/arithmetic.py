@@ -8,6 +8,12 @@ Train and test problems are disjoint by construction: a problem belongs to the t
 when the CRC32 of its text falls in a fixed 1-in-5 bucket, whatever the seed. The
 difficulty knob is ``num_operands`` (steps of reasoning) and ``max_operand`` (size of the
 numbers).
+
+For a pretrained chat model the same problems can be asked as a sentence and scored by the
+last integer of the answer (``question_style="spaced"``, ``answer_format="last_integer"``):
+"Compute 17 + 5 - 8. Reply with the result only." -> "17 + 5 - 8 = 14." Which problems are
+train and which test does not depend on these two settings (the split hashes the canonical
+``17+5-8=`` text).
 """
 
 from __future__ import annotations
@@ -22,6 +28,14 @@ from sfpo_envs.base import Verdict, VerifierEnv
 
 OPERATORS = ("+", "-")
 _ANSWER_RE = re.compile(r"^\s*(-?\d+)\s*$")
+_INTEGER_RE = re.compile(r"-?\d+")
+
+# How a problem is shown: the canonical text the embedded model was trained on, or spaced
+# like a sentence for chat models ("17 + 5 - 8").
+QUESTION_STYLES = ("symbols", "spaced")
+# How the answer is read: the integer after the last "=" (the worked-chain format), or the last
+# integer anywhere in the completion (what a chat model writes: "... = 14." or "The answer is 14").
+ANSWER_FORMATS = ("after_last_equals", "last_integer")
 
 
 SPLITS = ("train", "validation", "test")
@@ -94,11 +108,30 @@ def generate_problems(
     return problems
 
 
-def extract_answer(completion: str) -> int | None:
-    """The integer after the last '=' (or the whole text), or None when there is none."""
+def extract_answer(completion: str, answer_format: str = "after_last_equals") -> int | None:
+    """The answer ``completion`` gives, read by ``answer_format``, or None when there is none.
+
+    "after_last_equals": the integer after the last '=' (or the whole text), nothing else around it.
+    "last_integer": the last run of digits (with its minus sign) anywhere in the text. Only one
+    number counts, so listing several candidates cannot raise the reward; digits longer than any
+    answer of the task are read as they are (and are wrong)."""
+    if answer_format == "last_integer":
+        numbers = _INTEGER_RE.findall(completion[-_MAX_SCANNED_CHARS:])
+        return int(numbers[-1]) if numbers else None
     tail = completion.rsplit("=", 1)[-1]
     match = _ANSWER_RE.match(tail)
     return int(match.group(1)) if match else None
+
+
+# A completion is at most max_new_tokens tokens, but a verifier must not trust that: only the
+# tail is scanned, so a hostile megabyte of digits costs no more than a short answer.
+_MAX_SCANNED_CHARS = 4096
+
+
+def spaced(question: str) -> str:
+    """'17+5-8=' -> '17 + 5 - 8': the canonical problem as a chat model reads it."""
+    body = question.rstrip("=")
+    return re.sub(r"(?<=\d)([+-])", r" \1 ", body)
 
 
 class ArithmeticEnv(VerifierEnv):
@@ -112,6 +145,10 @@ class ArithmeticEnv(VerifierEnv):
         max_operand: operands are drawn from 0..max_operand.
         seed: which problems are drawn (the train/test partition does not depend on it).
         prompt_template: format string with ``{question}`` (default: the bare question).
+        question_style: "symbols" (``17+5-8=``, default) or "spaced" (``17 + 5 - 8``, for a
+            template such as "Compute {question}. Reply with the result only.").
+        answer_format: "after_last_equals" (default: the integer after the last '=', alone)
+            or "last_integer" (the last integer anywhere in the completion).
         format_score: reward for a well-formed but wrong integer answer.
         data: unused; the task is synthetic (accepted so every env takes the same arguments).
     """
@@ -126,6 +163,8 @@ class ArithmeticEnv(VerifierEnv):
         num_operands: int = 3,
         max_operand: int = 20,
         seed: int = 0,
+        question_style: str = "symbols",
+        answer_format: str = "after_last_equals",
         format_score: float = 0.0,
     ):
         if data is not None:
@@ -139,6 +178,14 @@ class ArithmeticEnv(VerifierEnv):
             raise ValueError(f"`num_operands` ({num_operands!r}) must be an int >= 2 (one step at least).")
         if not isinstance(max_operand, int) or max_operand < 1:
             raise ValueError(f"`max_operand` ({max_operand!r}) must be an int >= 1.")
+        if question_style not in QUESTION_STYLES:
+            raise ValueError(f"`question_style` ({question_style!r}) must be one of "
+                             f"{', '.join(map(repr, QUESTION_STYLES))}.")
+        if answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"`answer_format` ({answer_format!r}) must be one of "
+                             f"{', '.join(map(repr, ANSWER_FORMATS))}.")
+        self.question_style = question_style
+        self.answer_format = answer_format
         size = size if size is not None else (20_000 if split == "train" else 500)
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"`size` ({size!r}) must be a positive int.")
@@ -153,10 +200,13 @@ class ArithmeticEnv(VerifierEnv):
         super().__init__(examples, format_score=format_score)
 
     def build_prompt(self, example: Mapping[str, Any]) -> str:
-        return self.prompt_template.format(question=example["question"])
+        question = example["question"]
+        if self.question_style == "spaced":
+            question = spaced(question)
+        return self.prompt_template.replace("{question}", question)
 
     def verify(self, completion: str, example: Mapping[str, Any]) -> Verdict:
-        extracted = extract_answer(completion)
+        extracted = extract_answer(completion, self.answer_format)
         if extracted is None:
             return Verdict(0.0, False, {"extracted": None, "gold": example["answer"]})
         correct = extracted == example["answer"]

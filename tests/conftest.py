@@ -33,6 +33,7 @@ needs_bench = pytest.mark.skipif(
 )
 
 TIERS = {
+    "test_arithmetic_env.py": "unit",
     "test_batch.py": "unit",
     "test_causal_lm_module.py": "unit",
     "test_config_validation.py": "unit",
