@@ -137,8 +137,8 @@ _JAIL_RUNTIME_DIR = "/.sfpo-runtime"
 # program cannot signal, trace or open the files of the judge (uids stay < 2**32 - 1).
 _JUDGE_UID_OFFSET = 1 << 31
 
-# The verdict pipe's end in the jail gets a number >= this, clear of the fds the launch
-# script and the roles use (0-4).
+# The write ends of the status and verdict pipes in the jail get numbers >= this, clear of
+# the fds the launch script and the roles use (0-4).
 _VERDICT_FD_MIN = 10
 
 
@@ -236,6 +236,9 @@ SECCOMP_DENIED = (
     "open_by_handle_at", "name_to_handle_at", "init_module", "finit_module",
     "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff",
     "acct", "quotactl", "syslog", "lookup_dcookie", "personality",
+    # Memory that RLIMIT_AS does not count and that can outlive the process: anonymous
+    # files (memfd), SysV shared memory and message queues, POSIX message queues.
+    "memfd_create", "memfd_secret", "shmget", "shmat", "msgget", "mq_open",
 )
 # clone() flags that make new namespaces (clone3 hides its flags in memory that seccomp
 # cannot read, so it gets ENOSYS and libc falls back to clone).
@@ -517,6 +520,7 @@ class Sandbox:
             f"--fsize={self.file_size_mb * mb}",
             "--nofile=256",
             "--core=0",  # no core dumps of a crashed program
+            "--msgqueue=0",  # no POSIX message queue memory (also denied by seccomp)
             "--",
         ]
 
@@ -528,9 +532,10 @@ class Sandbox:
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
         ]
 
-    def _python_args(self, runtime: str, role: str, *args: object, site: bool = False) -> list[str]:
+    def _python_args(self, runtime: str, role: str, status_w: int, *args: object, site: bool = False) -> list[str]:
         flags = ["-I", "-B"] if site else ["-I", "-B", "-S"]
-        return [self.python, *flags, "-c", _RUNTIME_STUB, runtime, role, self._seccomp or "", *map(str, args)]
+        return [self.python, *flags, "-c", _RUNTIME_STUB, runtime, role, self._seccomp or "",
+                str(status_w), *map(str, args)]
 
     def _run(self, program: str, tests: str | None, mode: _Mode, uid: int,
              entry_points: tuple[str, ...] = ()) -> RunResult:
@@ -538,21 +543,23 @@ class Sandbox:
         limited = [_tool("choom"), "-n", "1000", "--", *self._limits_args()]
         site = "site" if self.site_packages else "nosite"
         runtime = _JAIL_RUNTIME_DIR if mode.name == "namespaces" else _runtime_dir(self.python)
+        # The jail's status pipe: each role reports a failure of its own setup there and
+        # closes it before the program's first line, so no output of the program can
+        # pass for a fault of the jail (nor stop the run).
+        status_r, status_w = _high_pipe()
         verdict_r = verdict_w = None
         if tests is None:
             judge_argv: list[str] = []
             program_argv = [*limited, *(self._drop_args(uid) if mode.drop_uid else []),
-                            *self._python_args(runtime, "plain", site, site=self.site_packages)]
+                            *self._python_args(runtime, "plain", status_w, site, site=self.site_packages)]
         else:
             # The verdict pipe: only the judge (and the root launcher) hold its write end.
-            verdict_r, low_w = os.pipe()
-            verdict_w = fcntl.fcntl(low_w, fcntl.F_DUPFD_CLOEXEC, _VERDICT_FD_MIN)
-            os.close(low_w)
+            verdict_r, verdict_w = _high_pipe()
             judge_uid = uid + _JUDGE_UID_OFFSET
             judge_argv = [*limited, *(self._drop_args(judge_uid) if mode.drop_uid else []),
-                          *self._python_args(runtime, "judge", verdict_w, 3, 4, ",".join(entry_points))]
+                          *self._python_args(runtime, "judge", status_w, verdict_w, 3, 4, ",".join(entry_points))]
             program_argv = [*limited, *(self._drop_args(uid) if mode.drop_uid else []),
-                            *self._python_args(runtime, "program", site, 3, 4, site=self.site_packages)]
+                            *self._python_args(runtime, "program", status_w, site, 3, 4, site=self.site_packages)]
         launch = [str(len(judge_argv)), *judge_argv, *program_argv]
         # Dies with the trainer thread that started it (no orphaned jails).
         outer = [_tool("setpriv"), "--pdeathsig", "KILL", "--"]
@@ -592,7 +599,7 @@ class Sandbox:
                 cmd = [*outer, "/bin/sh", "-c", _PLAIN_SETUP, "sh", pdir, *launch]
                 stdin_data, cwd = tests_bytes, workdir
         except BaseException:
-            for fd in (verdict_r, verdict_w):
+            for fd in (status_r, status_w, verdict_r, verdict_w):
                 if fd is not None:
                     os.close(fd)
             for path in (workdir, pdir):
@@ -600,34 +607,37 @@ class Sandbox:
                     shutil.rmtree(path, ignore_errors=True)
             raise
         try:
-            # Owns (and closes) the verdict pipe from here on.
-            return self._execute(cmd, env, cwd, stdin_data, mode, verdict_r, verdict_w)
+            # Owns (and closes) the status and verdict pipes from here on.
+            return self._execute(cmd, env, cwd, stdin_data, mode, (status_r, status_w), (verdict_r, verdict_w))
         finally:
             for path in (workdir, pdir):
                 if path is not None:
                     shutil.rmtree(path, ignore_errors=True)
 
-    def _execute(self, cmd, env, cwd, stdin_data, mode, verdict_r, verdict_w) -> RunResult:
+    def _execute(self, cmd, env, cwd, stdin_data, mode, status, verdict) -> RunResult:
         start = time.monotonic()
         deadline = start + self.timeout_s
         jailed = mode.name == "namespaces"
-        verdict_file = None if verdict_r is None else os.fdopen(verdict_r, "rb", buffering=0)
+        status_file = os.fdopen(status[0], "rb", buffering=0)
+        verdict_file = None if verdict[0] is None else os.fdopen(verdict[0], "rb", buffering=0)
+        write_ends = tuple(fd for fd in (status[1], verdict[1]) if fd is not None)
         try:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd, bufsize=0,
                 start_new_session=True,  # own process group to kill; no controlling terminal
-                pass_fds=() if verdict_w is None else (verdict_w,),
+                pass_fds=write_ends,
             )
         except BaseException:
-            if verdict_file is not None:
-                verdict_file.close()
+            for stream in (status_file, verdict_file):
+                if stream is not None:
+                    stream.close()
             raise
         finally:
-            if verdict_w is not None:
-                os.close(verdict_w)  # now only the jail holds it: EOF when the jail is gone
+            for fd in write_ends:
+                os.close(fd)  # now only the jail holds them: EOF when the jail is gone
         try:
-            streams = {"stdout": proc.stdout, "stderr": proc.stderr}
+            streams = {"stdout": proc.stdout, "stderr": proc.stderr, "status": status_file}
             if verdict_file is not None:
                 streams["verdict"] = verdict_file
             extra = len(_READY) if jailed else 0
@@ -641,7 +651,7 @@ class Sandbox:
                 except (ProcessLookupError, PermissionError):
                     pass
             proc.wait()
-            for stream in (proc.stdin, proc.stdout, proc.stderr, verdict_file):
+            for stream in (proc.stdin, proc.stdout, proc.stderr, status_file, verdict_file):
                 if stream is not None:
                     stream.close()
         duration = time.monotonic() - start
@@ -655,10 +665,11 @@ class Sandbox:
                 f"{stderr.strip()[-500:]}. This is a fault of the host, not of the program; "
                 "check that unshare/mount work as root here, or pass isolation='auto'."
             )
-        if "sfpo-seccomp-failed" in stderr:
+        jail_status = bytes(out["status"]).decode("utf-8", "replace").strip()
+        if jail_status:
             raise SandboxError(
-                f"The sandbox could not install its seccomp filter: {stderr.strip()[-300:]}. "
-                "This is a fault of the host (a kernel without seccomp?), not of the program."
+                f"The sandbox's jail failed: {jail_status[:300]}. This is a fault of the host "
+                "(a kernel without seccomp?), not of the program."
             )
         stdout = raw_out.decode("utf-8", "replace")
         returncode, sig = _decode_status(proc.returncode, namespaced=jailed)
@@ -738,6 +749,14 @@ class Sandbox:
         finally:
             sel.close()
         return out, truncated, False
+
+
+def _high_pipe() -> tuple[int, int]:
+    """A pipe whose write end (close-on-exec until passed on) is numbered >= _VERDICT_FD_MIN."""
+    read_end, low_w = os.pipe()
+    write_end = fcntl.fcntl(low_w, fcntl.F_DUPFD_CLOEXEC, _VERDICT_FD_MIN)
+    os.close(low_w)
+    return read_end, write_end
 
 
 def _make_fifos(pdir: str) -> None:
