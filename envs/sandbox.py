@@ -21,7 +21,9 @@ Isolation modes, probed once per interpreter (``Sandbox.isolation`` says which i
 * ``"uid+limits"``: no namespaces; resource limits, throwaway uids and a temp dir.
 * ``"limits"``: resource limits and a temp dir only (the code runs as the caller).
 
-The fallbacks are logged once as a warning naming what is missing, and so is a missing
+A mode that this machine does not offer (no root, unshare refused) is skipped; a probe that
+runs out of time is tried again and then raises, never picks a weaker mode. The fallbacks
+are logged once as a warning naming what is missing, and so is a missing
 libseccomp (then no seccomp filter). ``Sandbox.run`` and ``Sandbox.run_batch`` (bounded
 thread pool) return one ``RunResult`` per program.
 """
@@ -29,6 +31,7 @@ thread pool) return one ``RunResult`` per program.
 from __future__ import annotations
 
 import atexit
+import copy
 import fcntl
 import functools
 import logging
@@ -140,6 +143,10 @@ _JUDGE_UID_OFFSET = 1 << 31
 # The write ends of the status and verdict pipes in the jail get numbers >= this, clear of
 # the fds the launch script and the roles use (0-4).
 _VERDICT_FD_MIN = 10
+
+# The isolation probe's time limit per try (at least the sandbox's own) and its tries.
+_PROBE_TIMEOUT_S = 20.0
+_PROBE_ATTEMPTS = 3
 
 
 class SandboxError(RuntimeError):
@@ -461,16 +468,31 @@ class Sandbox:
                 failures.append(f"{name}: needs root (running as uid {os.geteuid()})")
                 continue
             mode = _Mode(name, drop_uid=name != "limits")
-            slot, uid = _acquire_uid()
-            try:
-                # json is not a frozen module: the interpreter must reach its stdlib.
-                result = self._run("import os, json; print('sfpo-ok', os.getuid())", None, mode, uid)
-                ok = result.passed and result.stdout.split() == ["sfpo-ok", str(uid if mode.drop_uid else os.getuid())]
-                why = result.error or result.stdout.strip()[:200]
-            except (SandboxError, OSError) as exc:
-                ok, why = False, str(exc)[:300]
-            finally:
-                _release_uid(slot)
+            # The probe gets its own, generous time limit, and a probe that runs out of
+            # time (a loaded machine) is tried again: slowness must never pick a weaker mode.
+            prober = copy.copy(self)
+            prober.timeout_s = max(self.timeout_s, _PROBE_TIMEOUT_S)
+            prober.cpu_s = max(self.cpu_s, math.ceil(_PROBE_TIMEOUT_S) + 1)
+            for _attempt in range(_PROBE_ATTEMPTS):
+                slot, uid = _acquire_uid()
+                try:
+                    # json is not a frozen module: the interpreter must reach its stdlib.
+                    result = prober._run("import os, json; print('sfpo-ok', os.getuid())", None, mode, uid)
+                    ok = result.passed and result.stdout.split() == ["sfpo-ok", str(uid if mode.drop_uid else os.getuid())]
+                    why, slow = result.error or result.stdout.strip()[:200], result.timed_out
+                except (SandboxError, OSError) as exc:
+                    ok, why, slow = False, str(exc)[:300], False
+                finally:
+                    _release_uid(slot)
+                if not slow:
+                    break
+            if slow:
+                raise SandboxError(
+                    f"The sandbox's probe of isolation mode {name!r} timed out {_PROBE_ATTEMPTS} times "
+                    f"(after {prober.timeout_s:g}s each): the machine is too loaded to tell whether "
+                    "it works, and a weaker mode is never chosen for that reason. Retry when the "
+                    "machine is less busy, or pass isolation='uid+limits' to choose that mode."
+                )
             if ok:
                 self._warn_fallback(name, failures)
                 return name, "; ".join(failures)

@@ -768,3 +768,18 @@ def test_memfd_and_shared_memory_are_denied_and_leave_nothing(mode):
     judged = sandbox.run(MEMORY_HOGS["memfd"] + "def add(a, b):\n    return a + b\n", ADD_TESTS)
     assert not judged.passed, judged
     _assert_no_leftovers()
+
+
+def test_a_slow_probe_never_picks_a_weaker_mode(monkeypatch):
+    """The probe has its own time limit: a tight `timeout_s` does not weaken isolation, and a
+    probe that keeps running out of time is an error, not a silent fallback."""
+    monkeypatch.setattr(sandbox_mod, "_probed", {})
+    tight = Sandbox(timeout_s=0.04)
+    assert tight.isolation == ("namespaces" if NAMESPACES else tight.isolation)
+    if os.geteuid() != 0:
+        return
+    monkeypatch.setattr(sandbox_mod, "_probed", {})
+    monkeypatch.setattr(sandbox_mod, "_PROBE_TIMEOUT_S", 0.001)
+    monkeypatch.setattr(sandbox_mod, "_PROBE_ATTEMPTS", 2)
+    with pytest.raises(SandboxError, match="probe of isolation mode .* timed out 2 times"):
+        Sandbox(timeout_s=0.001).isolation
