@@ -635,6 +635,8 @@ class Sandbox:
             for path in (workdir, pdir):
                 if path is not None:
                     shutil.rmtree(path, ignore_errors=True)
+            if mode.name == "uid+limits":
+                _remove_files_of({uid, uid + _JUDGE_UID_OFFSET})
 
     def _execute(self, cmd, env, cwd, stdin_data, mode, status, verdict) -> RunResult:
         start = time.monotonic()
@@ -771,6 +773,31 @@ class Sandbox:
         finally:
             sel.close()
         return out, truncated, False
+
+
+# World-writable host folders a run without a mount namespace can leave files in; /dev/shm
+# is host memory.
+_SHARED_TMP_DIRS = ("/dev/shm", "/tmp", "/var/tmp")
+
+
+def _remove_files_of(uids: set[int]) -> None:
+    """Delete what a finished uid+limits run left in the shared temp folders (its throwaway
+    uids own nothing else on the host)."""
+    for folder in _SHARED_TMP_DIRS:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid not in uids:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
 
 def _high_pipe() -> tuple[int, int]:

@@ -113,7 +113,6 @@ def test_every_flag_with_a_bad_value(tmp_path, capsys):
     a_file.write_text("x")
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "metrics.jsonl").write_text("{}\n")
-    (tmp_path / "empty").mkdir()
     cases = [
         (["--algo", "PPO"], "--algo"),
         (["--env", ""], "--env is required"),
@@ -128,7 +127,6 @@ def test_every_flag_with_a_bad_value(tmp_path, capsys):
         (["--output", str(a_file)], "is a file"),
         (["--output", str(a_file / "sub")], "is a file"),
         (["--output", str(tmp_path / "used")], "already holds files"),
-        (["--output", str(tmp_path / "empty"), "--resume"], "holds no run"),
         (["--output", str(tmp_path / "used"), "--resume", "--overwrite"], "contradict"),
         (["--allow-config-change"], "--allow-config-change only applies with --resume"),
         (["--no-such-flag"], "unrecognized arguments"),
