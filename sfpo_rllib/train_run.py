@@ -30,6 +30,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -95,6 +96,11 @@ def check_output_dir(output_dir: str, *, resume: bool, overwrite: bool) -> None:
         raise ValueError(f"--output {output_dir!r}: {parent!r} is a file, so no folder can be made there.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"--output {output_dir!r}: {parent!r} is not writable. Pick a folder you can write to.")
+    try:  # root passes os.access everywhere, but cannot make folders in /proc or /sys
+        tempfile.TemporaryDirectory(dir=parent, prefix=".sfpo-write-check-").cleanup()
+    except OSError as err:
+        raise ValueError(f"--output {output_dir!r}: no folder can be made in {parent!r} ({err.strerror}). "
+                         "Pick a folder you can write to.") from None
     present = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
     if resume:
         # No run yet (killed before its first record): --resume starts it, so a supervisor
