@@ -124,11 +124,10 @@ def measure(mode: str, args) -> dict:
     sampler.join()
     time.sleep(0.5)
     after_used, after_shm = used_mb()
-    judge_mb = args.memory_mb
-    bound = args.processes * args.memory_mb + judge_mb + (args.disk_mb + 2 if mode == "namespaces" else 0)
+    bound = sandbox.worst_case_memory_mb  # None: files in the host's /dev/shm are not bounded
     return {
         "mode": mode, "tried": result.stdout.strip()[:200], "peak_held_mb": peak[2], "peak_extra_mb": peak[0],
-        "peak_extra_shmem_mb": peak[1], "bound_mb": bound if mode == "namespaces" else f"{bound} + files",
+        "peak_extra_shmem_mb": peak[1], "bound_mb": bound if bound is not None else f"{(args.processes + 1) * args.memory_mb} + files",
         "left_mb": after_used - base_used, "left_shmem_mb": after_shm - base_shm,
         "left_sysv_segments": sysv_segments() - segments,
     }

@@ -144,6 +144,9 @@ _JUDGE_UID_OFFSET = 1 << 31
 # the fds the launch script and the roles use (0-4).
 _VERDICT_FD_MIN = 10
 
+# Size of the jail's root tmpfs: it holds only mount points, FIFOs and the runtime.
+_JAIL_ROOT_MB = 2
+
 # The isolation probe's time limit per try (at least the sandbox's own) and its tries.
 _PROBE_TIMEOUT_S = 20.0
 _PROBE_ATTEMPTS = 3
@@ -394,6 +397,19 @@ class Sandbox:
         """The isolation mode in use (probes the machine on first use)."""
         return self._get_mode().name
 
+    @property
+    def worst_case_memory_mb(self) -> int | None:
+        """Host memory one run can hold at most (MiB), or None where files in the host's
+        /dev/shm are not bounded (the modes without a mount namespace; docs/security.md).
+
+        ``max_processes`` x ``memory_mb`` for the program's processes, ``memory_mb`` for
+        the judge, and the jail's tmpfs (``disk_mb`` for /tmp and /dev/shm, plus the root):
+        memfd, SysV and POSIX IPC memory are denied by the seccomp filter.
+        """
+        if self.isolation != "namespaces":
+            return None
+        return self.max_processes * self.memory_mb + self.memory_mb + self.disk_mb + _JAIL_ROOT_MB
+
     def run(self, program: str, tests: str | None = None, entry_points: Sequence[str] = ()) -> RunResult:
         """Run one Python program; ``passed`` means it exited 0 within the limits.
 
@@ -592,7 +608,6 @@ class Sandbox:
             tests_bytes = (tests or "").encode("utf-8", "surrogatepass")
             if mode.name == "namespaces":
                 skeleton, root, fstab = _jail_layout(self.ro_paths, self.python, self.disk_mb)
-                root_mb = 2  # the new root holds only mount points, FIFOs and the runtime
                 cmd = [
                     *outer, _tool("unshare"),
                     "--net",  # no network: only a down loopback, no host sockets
@@ -600,7 +615,7 @@ class Sandbox:
                     "--mount",  # private mounts for the new root below
                     "--ipc", "--uts", "--cgroup",  # no host SysV shm/semaphores, hostname
                     "--", "/bin/sh", "-c", _NS_SETUP, "sh",
-                    skeleton, root, fstab, str(root_mb), str(len(program_bytes)),
+                    skeleton, root, fstab, str(_JAIL_ROOT_MB), str(len(program_bytes)),
                     "/.sfpo", *launch,
                 ]
                 stdin_data = program_bytes + tests_bytes
