@@ -22,7 +22,8 @@ inside that interpreter can be kept from the program. So the tests run elsewhere
   (never into objects with code, so no ``__eq__`` that says yes to everything).
 * role ``plain``: runs /tmp/main.py alone (``Sandbox.run`` without tests).
 
-Every role first installs the seccomp filter given as hex (see sandbox._seccomp_filter).
+Every role first installs the seccomp filter given as hex (see sandbox._seccomp_filter),
+reports a failure on the jail's status pipe and closes that pipe before anything else runs.
 """
 
 import os
@@ -33,8 +34,13 @@ _PR_SET_SECCOMP = 22
 _SECCOMP_MODE_FILTER = 2
 
 
-def install_seccomp(bpf_hex):
-    """Load a classic-BPF seccomp program (exported by libseccomp in the trainer)."""
+def install_seccomp(bpf_hex, status_fd):
+    """Load a classic-BPF seccomp program (exported by libseccomp in the trainer).
+
+    A failure is reported on ``status_fd``, a pipe to the trainer that every role closes
+    before any untrusted code runs: the program can print anything, but never a message
+    from the jail.
+    """
     if not bpf_hex:
         return
     import ctypes
@@ -51,7 +57,7 @@ def install_seccomp(bpf_hex):
     if (libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, None, 0, 0) != 0
             or libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0):
         err = ctypes.get_errno()
-        os.write(2, f"sfpo-seccomp-failed: {os.strerror(err)}\n".encode())
+        os.write(status_fd, f"the seccomp filter could not be installed: {os.strerror(err)}".encode())
         os._exit(125)
 
 
@@ -397,13 +403,14 @@ def judge(verdict_fd, calls_fd, replies_fd, entry_points):
 
 
 def main(argv):
-    role, bpf_hex = argv[0], argv[1]
-    install_seccomp(bpf_hex)
+    role, bpf_hex, status_fd, *args = argv
+    install_seccomp(bpf_hex, int(status_fd))
+    os.close(int(status_fd))  # setup is done: nothing the program runs can speak for the jail
     if role == "plain":
-        run_plain(argv[2] == "site")
+        run_plain(args[0] == "site")
     elif role == "program":
-        serve_program(argv[2] == "site", int(argv[3]), int(argv[4]))
+        serve_program(args[0] == "site", int(args[1]), int(args[2]))
     elif role == "judge":
-        judge(int(argv[2]), int(argv[3]), int(argv[4]), set(filter(None, argv[5].split(","))))
+        judge(int(args[0]), int(args[1]), int(args[2]), set(filter(None, args[3].split(","))))
     else:
         raise SystemExit(f"unknown role {role!r}")

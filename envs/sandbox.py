@@ -21,7 +21,9 @@ Isolation modes, probed once per interpreter (``Sandbox.isolation`` says which i
 * ``"uid+limits"``: no namespaces; resource limits, throwaway uids and a temp dir.
 * ``"limits"``: resource limits and a temp dir only (the code runs as the caller).
 
-The fallbacks are logged once as a warning naming what is missing, and so is a missing
+A mode that this machine does not offer (no root, unshare refused) is skipped; a probe that
+runs out of time is tried again and then raises, never picks a weaker mode. The fallbacks
+are logged once as a warning naming what is missing, and so is a missing
 libseccomp (then no seccomp filter). ``Sandbox.run`` and ``Sandbox.run_batch`` (bounded
 thread pool) return one ``RunResult`` per program.
 """
@@ -29,6 +31,7 @@ thread pool) return one ``RunResult`` per program.
 from __future__ import annotations
 
 import atexit
+import copy
 import fcntl
 import functools
 import logging
@@ -137,9 +140,16 @@ _JAIL_RUNTIME_DIR = "/.sfpo-runtime"
 # program cannot signal, trace or open the files of the judge (uids stay < 2**32 - 1).
 _JUDGE_UID_OFFSET = 1 << 31
 
-# The verdict pipe's end in the jail gets a number >= this, clear of the fds the launch
-# script and the roles use (0-4).
+# The write ends of the status and verdict pipes in the jail get numbers >= this, clear of
+# the fds the launch script and the roles use (0-4).
 _VERDICT_FD_MIN = 10
+
+# Size of the jail's root tmpfs: it holds only mount points, FIFOs and the runtime.
+_JAIL_ROOT_MB = 2
+
+# The isolation probe's time limit per try (at least the sandbox's own) and its tries.
+_PROBE_TIMEOUT_S = 20.0
+_PROBE_ATTEMPTS = 3
 
 
 class SandboxError(RuntimeError):
@@ -236,6 +246,9 @@ SECCOMP_DENIED = (
     "open_by_handle_at", "name_to_handle_at", "init_module", "finit_module",
     "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff",
     "acct", "quotactl", "syslog", "lookup_dcookie", "personality",
+    # Memory that RLIMIT_AS does not count and that can outlive the process: anonymous
+    # files (memfd), SysV shared memory and message queues, POSIX message queues.
+    "memfd_create", "memfd_secret", "shmget", "shmat", "msgget", "mq_open",
 )
 # clone() flags that make new namespaces (clone3 hides its flags in memory that seccomp
 # cannot read, so it gets ENOSYS and libc falls back to clone).
@@ -384,6 +397,19 @@ class Sandbox:
         """The isolation mode in use (probes the machine on first use)."""
         return self._get_mode().name
 
+    @property
+    def worst_case_memory_mb(self) -> int | None:
+        """Host memory one run can hold at most (MiB), or None where files in the host's
+        /dev/shm are not bounded (the modes without a mount namespace; docs/security.md).
+
+        ``max_processes`` x ``memory_mb`` for the program's processes, ``memory_mb`` for
+        the judge, and the jail's tmpfs (``disk_mb`` for /tmp and /dev/shm, plus the root):
+        memfd, SysV and POSIX IPC memory are denied by the seccomp filter.
+        """
+        if self.isolation != "namespaces":
+            return None
+        return self.max_processes * self.memory_mb + self.memory_mb + self.disk_mb + _JAIL_ROOT_MB
+
     def run(self, program: str, tests: str | None = None, entry_points: Sequence[str] = ()) -> RunResult:
         """Run one Python program; ``passed`` means it exited 0 within the limits.
 
@@ -458,16 +484,31 @@ class Sandbox:
                 failures.append(f"{name}: needs root (running as uid {os.geteuid()})")
                 continue
             mode = _Mode(name, drop_uid=name != "limits")
-            slot, uid = _acquire_uid()
-            try:
-                # json is not a frozen module: the interpreter must reach its stdlib.
-                result = self._run("import os, json; print('sfpo-ok', os.getuid())", None, mode, uid)
-                ok = result.passed and result.stdout.split() == ["sfpo-ok", str(uid if mode.drop_uid else os.getuid())]
-                why = result.error or result.stdout.strip()[:200]
-            except (SandboxError, OSError) as exc:
-                ok, why = False, str(exc)[:300]
-            finally:
-                _release_uid(slot)
+            # The probe gets its own, generous time limit, and a probe that runs out of
+            # time (a loaded machine) is tried again: slowness must never pick a weaker mode.
+            prober = copy.copy(self)
+            prober.timeout_s = max(self.timeout_s, _PROBE_TIMEOUT_S)
+            prober.cpu_s = max(self.cpu_s, math.ceil(_PROBE_TIMEOUT_S) + 1)
+            for _attempt in range(_PROBE_ATTEMPTS):
+                slot, uid = _acquire_uid()
+                try:
+                    # json is not a frozen module: the interpreter must reach its stdlib.
+                    result = prober._run("import os, json; print('sfpo-ok', os.getuid())", None, mode, uid)
+                    ok = result.passed and result.stdout.split() == ["sfpo-ok", str(uid if mode.drop_uid else os.getuid())]
+                    why, slow = result.error or result.stdout.strip()[:200], result.timed_out
+                except (SandboxError, OSError) as exc:
+                    ok, why, slow = False, str(exc)[:300], False
+                finally:
+                    _release_uid(slot)
+                if not slow:
+                    break
+            if slow:
+                raise SandboxError(
+                    f"The sandbox's probe of isolation mode {name!r} timed out {_PROBE_ATTEMPTS} times "
+                    f"(after {prober.timeout_s:g}s each): the machine is too loaded to tell whether "
+                    "it works, and a weaker mode is never chosen for that reason. Retry when the "
+                    "machine is less busy, or pass isolation='uid+limits' to choose that mode."
+                )
             if ok:
                 self._warn_fallback(name, failures)
                 return name, "; ".join(failures)
@@ -517,6 +558,7 @@ class Sandbox:
             f"--fsize={self.file_size_mb * mb}",
             "--nofile=256",
             "--core=0",  # no core dumps of a crashed program
+            "--msgqueue=0",  # no POSIX message queue memory (also denied by seccomp)
             "--",
         ]
 
@@ -528,9 +570,10 @@ class Sandbox:
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
         ]
 
-    def _python_args(self, runtime: str, role: str, *args: object, site: bool = False) -> list[str]:
+    def _python_args(self, runtime: str, role: str, status_w: int, *args: object, site: bool = False) -> list[str]:
         flags = ["-I", "-B"] if site else ["-I", "-B", "-S"]
-        return [self.python, *flags, "-c", _RUNTIME_STUB, runtime, role, self._seccomp or "", *map(str, args)]
+        return [self.python, *flags, "-c", _RUNTIME_STUB, runtime, role, self._seccomp or "",
+                str(status_w), *map(str, args)]
 
     def _run(self, program: str, tests: str | None, mode: _Mode, uid: int,
              entry_points: tuple[str, ...] = ()) -> RunResult:
@@ -538,21 +581,23 @@ class Sandbox:
         limited = [_tool("choom"), "-n", "1000", "--", *self._limits_args()]
         site = "site" if self.site_packages else "nosite"
         runtime = _JAIL_RUNTIME_DIR if mode.name == "namespaces" else _runtime_dir(self.python)
+        # The jail's status pipe: each role reports a failure of its own setup there and
+        # closes it before the program's first line, so no output of the program can
+        # pass for a fault of the jail (nor stop the run).
+        status_r, status_w = _high_pipe()
         verdict_r = verdict_w = None
         if tests is None:
             judge_argv: list[str] = []
             program_argv = [*limited, *(self._drop_args(uid) if mode.drop_uid else []),
-                            *self._python_args(runtime, "plain", site, site=self.site_packages)]
+                            *self._python_args(runtime, "plain", status_w, site, site=self.site_packages)]
         else:
             # The verdict pipe: only the judge (and the root launcher) hold its write end.
-            verdict_r, low_w = os.pipe()
-            verdict_w = fcntl.fcntl(low_w, fcntl.F_DUPFD_CLOEXEC, _VERDICT_FD_MIN)
-            os.close(low_w)
+            verdict_r, verdict_w = _high_pipe()
             judge_uid = uid + _JUDGE_UID_OFFSET
             judge_argv = [*limited, *(self._drop_args(judge_uid) if mode.drop_uid else []),
-                          *self._python_args(runtime, "judge", verdict_w, 3, 4, ",".join(entry_points))]
+                          *self._python_args(runtime, "judge", status_w, verdict_w, 3, 4, ",".join(entry_points))]
             program_argv = [*limited, *(self._drop_args(uid) if mode.drop_uid else []),
-                            *self._python_args(runtime, "program", site, 3, 4, site=self.site_packages)]
+                            *self._python_args(runtime, "program", status_w, site, 3, 4, site=self.site_packages)]
         launch = [str(len(judge_argv)), *judge_argv, *program_argv]
         # Dies with the trainer thread that started it (no orphaned jails).
         outer = [_tool("setpriv"), "--pdeathsig", "KILL", "--"]
@@ -563,7 +608,6 @@ class Sandbox:
             tests_bytes = (tests or "").encode("utf-8", "surrogatepass")
             if mode.name == "namespaces":
                 skeleton, root, fstab = _jail_layout(self.ro_paths, self.python, self.disk_mb)
-                root_mb = 2  # the new root holds only mount points, FIFOs and the runtime
                 cmd = [
                     *outer, _tool("unshare"),
                     "--net",  # no network: only a down loopback, no host sockets
@@ -571,7 +615,7 @@ class Sandbox:
                     "--mount",  # private mounts for the new root below
                     "--ipc", "--uts", "--cgroup",  # no host SysV shm/semaphores, hostname
                     "--", "/bin/sh", "-c", _NS_SETUP, "sh",
-                    skeleton, root, fstab, str(root_mb), str(len(program_bytes)),
+                    skeleton, root, fstab, str(_JAIL_ROOT_MB), str(len(program_bytes)),
                     "/.sfpo", *launch,
                 ]
                 stdin_data = program_bytes + tests_bytes
@@ -592,7 +636,7 @@ class Sandbox:
                 cmd = [*outer, "/bin/sh", "-c", _PLAIN_SETUP, "sh", pdir, *launch]
                 stdin_data, cwd = tests_bytes, workdir
         except BaseException:
-            for fd in (verdict_r, verdict_w):
+            for fd in (status_r, status_w, verdict_r, verdict_w):
                 if fd is not None:
                     os.close(fd)
             for path in (workdir, pdir):
@@ -600,34 +644,39 @@ class Sandbox:
                     shutil.rmtree(path, ignore_errors=True)
             raise
         try:
-            # Owns (and closes) the verdict pipe from here on.
-            return self._execute(cmd, env, cwd, stdin_data, mode, verdict_r, verdict_w)
+            # Owns (and closes) the status and verdict pipes from here on.
+            return self._execute(cmd, env, cwd, stdin_data, mode, (status_r, status_w), (verdict_r, verdict_w))
         finally:
             for path in (workdir, pdir):
                 if path is not None:
                     shutil.rmtree(path, ignore_errors=True)
+            if mode.name == "uid+limits":
+                _remove_files_of({uid, uid + _JUDGE_UID_OFFSET})
 
-    def _execute(self, cmd, env, cwd, stdin_data, mode, verdict_r, verdict_w) -> RunResult:
+    def _execute(self, cmd, env, cwd, stdin_data, mode, status, verdict) -> RunResult:
         start = time.monotonic()
         deadline = start + self.timeout_s
         jailed = mode.name == "namespaces"
-        verdict_file = None if verdict_r is None else os.fdopen(verdict_r, "rb", buffering=0)
+        status_file = os.fdopen(status[0], "rb", buffering=0)
+        verdict_file = None if verdict[0] is None else os.fdopen(verdict[0], "rb", buffering=0)
+        write_ends = tuple(fd for fd in (status[1], verdict[1]) if fd is not None)
         try:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd, bufsize=0,
                 start_new_session=True,  # own process group to kill; no controlling terminal
-                pass_fds=() if verdict_w is None else (verdict_w,),
+                pass_fds=write_ends,
             )
         except BaseException:
-            if verdict_file is not None:
-                verdict_file.close()
+            for stream in (status_file, verdict_file):
+                if stream is not None:
+                    stream.close()
             raise
         finally:
-            if verdict_w is not None:
-                os.close(verdict_w)  # now only the jail holds it: EOF when the jail is gone
+            for fd in write_ends:
+                os.close(fd)  # now only the jail holds them: EOF when the jail is gone
         try:
-            streams = {"stdout": proc.stdout, "stderr": proc.stderr}
+            streams = {"stdout": proc.stdout, "stderr": proc.stderr, "status": status_file}
             if verdict_file is not None:
                 streams["verdict"] = verdict_file
             extra = len(_READY) if jailed else 0
@@ -641,7 +690,7 @@ class Sandbox:
                 except (ProcessLookupError, PermissionError):
                     pass
             proc.wait()
-            for stream in (proc.stdin, proc.stdout, proc.stderr, verdict_file):
+            for stream in (proc.stdin, proc.stdout, proc.stderr, status_file, verdict_file):
                 if stream is not None:
                     stream.close()
         duration = time.monotonic() - start
@@ -655,10 +704,11 @@ class Sandbox:
                 f"{stderr.strip()[-500:]}. This is a fault of the host, not of the program; "
                 "check that unshare/mount work as root here, or pass isolation='auto'."
             )
-        if "sfpo-seccomp-failed" in stderr:
+        jail_status = bytes(out["status"]).decode("utf-8", "replace").strip()
+        if jail_status:
             raise SandboxError(
-                f"The sandbox could not install its seccomp filter: {stderr.strip()[-300:]}. "
-                "This is a fault of the host (a kernel without seccomp?), not of the program."
+                f"The sandbox's jail failed: {jail_status[:300]}. This is a fault of the host "
+                "(a kernel without seccomp?), not of the program."
             )
         stdout = raw_out.decode("utf-8", "replace")
         returncode, sig = _decode_status(proc.returncode, namespaced=jailed)
@@ -738,6 +788,39 @@ class Sandbox:
         finally:
             sel.close()
         return out, truncated, False
+
+
+# World-writable host folders a run without a mount namespace can leave files in; /dev/shm
+# is host memory.
+_SHARED_TMP_DIRS = ("/dev/shm", "/tmp", "/var/tmp")
+
+
+def _remove_files_of(uids: set[int]) -> None:
+    """Delete what a finished uid+limits run left in the shared temp folders (its throwaway
+    uids own nothing else on the host)."""
+    for folder in _SHARED_TMP_DIRS:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid not in uids:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
+
+
+def _high_pipe() -> tuple[int, int]:
+    """A pipe whose write end (close-on-exec until passed on) is numbered >= _VERDICT_FD_MIN."""
+    read_end, low_w = os.pipe()
+    write_end = fcntl.fcntl(low_w, fcntl.F_DUPFD_CLOEXEC, _VERDICT_FD_MIN)
+    os.close(low_w)
+    return read_end, write_end
 
 
 def _make_fifos(pdir: str) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import json
 import os
 import runpy
@@ -210,8 +209,10 @@ def build_config(args: argparse.Namespace):
         _fail(f"--config must be a JSON object of settings, got {type(overrides).__name__}.")
     for key in overrides:
         if not hasattr(config, key):
-            close = difflib.get_close_matches(key, [k for k in vars(config) if not k.startswith("_")], n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            from sfpo_rllib.sfpo_config import closest_setting
+
+            close = closest_setting(key, config)
+            hint = f" Did you mean {close!r}?" if close else ""
             _fail(f"--config: unknown setting {key!r}.{hint}")
     for key, value in overrides.items():  # one at a time, to name the setting that cannot be applied
         try:

@@ -22,7 +22,6 @@ Training seconds exclude the held-out tests.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -81,8 +80,10 @@ def arm_config(base, name: str, settings: dict[str, Any], seed: int):
     config = config_of(algo, base.to_dict()) if algo else base.copy(copy_frozen=False)
     for key in settings:
         if not hasattr(config, key):
-            close = difflib.get_close_matches(key, [k for k in vars(config) if not k.startswith("_")], n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            from sfpo_rllib.sfpo_config import closest_setting
+
+            close = closest_setting(key, config)
+            hint = f" Did you mean {close!r}?" if close else ""
             raise ValueError(f"arm {name!r}: unknown setting {key!r}.{hint}")
     config.update_from_dict(settings)
     config.debugging(seed=seed)

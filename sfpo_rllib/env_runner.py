@@ -120,6 +120,7 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
         if self.eos_token_id is None:
             raise ValueError(f"The tokenizer of `model` ({self.config.model_name_or_path!r}) has no eos token; set one.")
         self.pad_token_id = pad_token_of(self.tokenizer)
+        self.prompt_token_limit = self._prompt_token_limit()
         torch.set_num_threads(max(1, int(self.config.torch_threads_per_runner or torch.get_num_threads())))
         self.train_task = TextTask(make_env(self.config.env, self.config.env_config))
         self.module = self.config.get_rl_module_spec(spaces=self.get_spaces(), inference_only=True).build()
@@ -138,6 +139,21 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
             top_p=c.top_p,
             top_k=c.top_k,
         )
+
+    def _prompt_token_limit(self) -> tuple[int, str]:
+        """The most tokens a prompt may have, and the setting that says so."""
+        from sfpo_rllib.model_cache import TINY_MODEL_NAME
+        from sfpo_rllib.sfpo_config import MAX_CONTEXT_TOKENS
+
+        if self.config.max_prompt_tokens:
+            return self.config.max_prompt_tokens, f"`max_prompt_tokens` ({self.config.max_prompt_tokens})"
+        context = MAX_CONTEXT_TOKENS
+        if self.config.model_name_or_path != TINY_MODEL_NAME:  # the tiny model's positions are rotary, nominal
+            from transformers import AutoConfig
+
+            context = getattr(AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None) or context
+        return context - self.config.max_new_tokens, (
+            f"the model's context ({context}) minus `max_new_tokens` ({self.config.max_new_tokens})")
 
     def _encode(self, task: TextTask, indices: Sequence[int]) -> list[list[int]]:
         use_chat = self.config.chat_template == "always" or (
@@ -158,11 +174,11 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
             else:
                 ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
             ids = list(ids)
-            limit = self.config.max_prompt_tokens
-            if limit and len(ids) > limit:
+            limit, rule = self.prompt_token_limit
+            if len(ids) > limit:
                 raise ValueError(
-                    f"Prompt of example {index} has {len(ids)} tokens, over `max_prompt_tokens` "
-                    f"({limit}). Raise `max_prompt_tokens` or drop long rows from the data."
+                    f"Prompt of example {index} of {self.config.env!r} has {len(ids)} tokens, over {rule}. "
+                    "Drop long rows from the data, or raise `max_prompt_tokens` within the model's context."
                 )
             encoded.append(ids)
         return encoded

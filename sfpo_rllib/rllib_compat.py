@@ -76,7 +76,9 @@ LEAN_LOCAL_RAY = {
 
 def local_ray_options(lean: bool = True) -> dict[str, Any]:
     """Keyword arguments for ``ray.init`` of a one-machine instance that this process owns."""
-    options: dict[str, Any] = {"include_dashboard": False}
+    # address="local": always a new instance, never one that another process on this
+    # machine started (ray.init() alone joins the last one started here).
+    options: dict[str, Any] = {"address": "local", "include_dashboard": False}
     if lean:
         options["_system_config"] = dict(LEAN_LOCAL_RAY)
     return options

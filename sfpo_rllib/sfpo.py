@@ -150,8 +150,9 @@ class SFPO(Algorithm):
             try:
                 return slot, fn(runner, per_runner[slot]), None
             except Exception as err:  # returned, not raised: RLlib would log and drop it
-                logging.getLogger(__name__).exception("env runner %d failed", runner.worker_index)
                 user_error = isinstance(err, ValueError)  # bad data or a failing verifier: its message says it
+                if not user_error:  # a bug: its traceback goes to the log
+                    logging.getLogger(__name__).exception("env runner %d failed", runner.worker_index)
                 return slot, None, (user_error, str(err) if user_error else f"{type(err).__name__}: {err}")
 
         answers: dict[int, Any] = {}

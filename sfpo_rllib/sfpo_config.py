@@ -492,14 +492,17 @@ class SFPOConfig(AlgorithmConfig):
 
     def _check(self, ok: bool, name: str, rule: str, fix: str) -> None:
         if not ok:
-            shown = repr(getattr(self, name))
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                rule = f"must be a finite number; it {rule}"
+            shown = repr(value)
             shown = shown if len(shown) <= 80 else shown[:77] + "..."
             raise ValueError(f"`{name}` ({shown}) {rule}. {fix}")
 
     def _validate_rllib_settings(self) -> None:
         """The RLlib settings this algorithm uses, checked for type and range."""
-        self._check(_is_num(self.lr) and self.lr > 0 or _is_lr_schedule(self.lr), "lr",
-                    "must be > 0 (a number, or an RLlib schedule [[0, lr], [timestep, lr], ...])",
+        self._check(_is_num(self.lr) and 0 < self.lr <= 1 or _is_lr_schedule(self.lr), "lr",
+                    "must be in (0, 1] (a number, or an RLlib schedule [[0, lr], [timestep, lr], ...])",
                     "The paper uses 1e-6 for 1.5B-7B models.")
         self._check(self.grad_clip is None or (_is_num(self.grad_clip) and self.grad_clip > 0), "grad_clip",
                     "must be None (no clipping) or a number > 0", "Use 1.0.")
@@ -514,7 +517,8 @@ class SFPOConfig(AlgorithmConfig):
         for name in ("num_cpus_per_env_runner", "num_gpus_per_learner", "num_gpus_per_env_runner"):
             self._check(_is_num(getattr(self, name)) and getattr(self, name) >= 0, name, "must be a number >= 0",
                         "Fractions such as 0.5 are fine.")
-        self._check(self.seed is None or _is_int(self.seed), "seed", "must be None or an int",
+        self._check(self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**32), "seed",
+                    "must be None or an int in [0, 2**32)",
                     "The same seed repeats a run exactly.")
         for name in ("env_config", "test_env_config", "vllm_kwargs"):
             self._check(isinstance(getattr(self, name), dict), name, "must be a dict of keyword arguments",
@@ -530,7 +534,8 @@ class SFPOConfig(AlgorithmConfig):
                     "reposition_alpha", "must be in [0, 1]", "0 is GRPO, 1 is K+1 plain passes; the paper uses 0.8.")
         self._check(_is_int(self.entropy_window) and self.entropy_window >= 2, "entropy_window",
                     "must be an int >= 2", "The paper uses 30.")
-        self._check(_is_num(self.entropy_z_threshold) and self.entropy_z_threshold > 0, "entropy_z_threshold",
+        self._check((_is_num(self.entropy_z_threshold) or self.entropy_z_threshold == math.inf)
+                    and self.entropy_z_threshold > 0, "entropy_z_threshold",
                     "must be > 0", "The paper uses 1.0; use math.inf to never switch off.")
         self._check(_is_name(self.entropy_trigger, TRIGGER_RULES), "entropy_trigger",
                     f"must be one of {TRIGGER_RULES}", "'abs' is the paper's rule, 'rise' the authors' code.")
@@ -632,8 +637,8 @@ class SFPOConfig(AlgorithmConfig):
         self._check(self.torch_threads_per_runner is None or (_is_int(self.torch_threads_per_runner)
                     and self.torch_threads_per_runner >= 1), "torch_threads_per_runner",
                     "must be None or an int >= 1", "Use None for torch's default.")
-        self._check(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "max_new_tokens",
-                    "must be an int >= 1", "The paper uses 2560.")
+        self._check(_is_int(self.max_new_tokens) and 1 <= self.max_new_tokens <= MAX_CONTEXT_TOKENS, "max_new_tokens",
+                    f"must be an int in [1, {MAX_CONTEXT_TOKENS}] (and fit the model's context)", "The paper uses 2560.")
         self._check(self.max_prompt_tokens is None or (_is_int(self.max_prompt_tokens) and self.max_prompt_tokens >= 1),
                     "max_prompt_tokens", "must be None or an int >= 1", "Use None for no limit.")
         self._check(_is_num(self.temperature) and self.temperature > 0, "temperature", "must be > 0",
@@ -704,10 +709,12 @@ class SFPOConfig(AlgorithmConfig):
         except ValueError as err:
             raise ValueError(str(err))
         if self.model_name_or_path == TINY_MODEL_NAME:
-            return
+            return  # rotary positions; its config's 512 is nominal (the default 2560 tokens work)
         if isinstance(self.model_name_or_path, str) and self.model_name_or_path in PRETRAINED_MODELS:
-            if fetched_path(self.model_name_or_path) is None:
+            folder = fetched_path(self.model_name_or_path)
+            if folder is None:
                 raise ValueError(not_fetched_message(self.model_name_or_path))
+            self._check_context(_model_context(os.path.join(folder, "config.json"), self.model_name_or_path))
             return
         if not isinstance(self.model_name_or_path, str) or not self.model_name_or_path:
             raise ValueError(f"`model_name_or_path` ({self.model_name_or_path!r}) must be a checkpoint folder or a hub name.")
@@ -716,6 +723,7 @@ class SFPOConfig(AlgorithmConfig):
             if not os.path.isfile(os.path.join(path, "config.json")):
                 raise ValueError(f"`model_name_or_path` ({self.model_name_or_path!r}) is a folder without config.json: not a Hugging "
                                   "Face checkpoint. Point it at the folder that save_pretrained wrote.")
+            self._check_context(_model_context(os.path.join(path, "config.json"), self.model_name_or_path))
             return
         if self.model_name_or_path.startswith((".", "/", "~")) or os.path.exists(path):
             raise ValueError(f"`model_name_or_path` ({self.model_name_or_path!r}) is not an existing folder. Give the path of a local "
@@ -732,6 +740,34 @@ class SFPOConfig(AlgorithmConfig):
             )
 
 
+    def _check_context(self, context: int | None) -> None:
+        """The longest row (prompt + completion) must fit the model's context window."""
+        longest = (self.max_prompt_tokens or 1) + self.max_new_tokens
+        if context is not None and longest > context:
+            self._check(False, "max_new_tokens",
+                        f"plus max_prompt_tokens ({self.max_prompt_tokens or 'None: at least 1'}) must fit the model's "
+                        f"context of {context} tokens", f"Use at most {context - (self.max_prompt_tokens or 1)}.")
+
+
+def _model_context(config_path: str, name: str) -> int | None:
+    """The context window a checkpoint's config.json states (None if it states none)."""
+    import json
+
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            model_config = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"`model_name_or_path` ({name!r}): {config_path} does not load ({type(err).__name__}: "
+                         f"{str(err)[:120]}). Point it at a folder that save_pretrained wrote.") from None
+    if not isinstance(model_config, dict):
+        raise ValueError(f"`model_name_or_path` ({name!r}): {config_path} is not a JSON object. "
+                         "Point it at a folder that save_pretrained wrote.")
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(model_config.get(key), int) and model_config[key] > 0:
+            return model_config[key]
+    return None
+
+
 def _is_name(x: Any, names) -> bool:
     """``x`` is one of ``names`` (a tuple or a registry dict); False for unhashable values."""
     return isinstance(x, str) and x in names
@@ -742,7 +778,33 @@ def _is_int(x: Any) -> bool:
 
 
 def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x)
+    """A finite int or float (NaN and infinities are never a usable setting)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# Longer than any model's context; a checkpoint's config.json gives the exact bound.
+MAX_CONTEXT_TOKENS = 1 << 20
+
+# Names other libraries use for a setting (TRL, verl, transformers), for "did you mean".
+SETTING_ALIASES = {
+    "learning_rate": "lr", "beta": "kl_coeff", "kl_coef": "kl_coeff", "init_kl_coef": "kl_coeff",
+    "num_generations": "group_size", "max_completion_length": "max_new_tokens",
+    "max_prompt_length": "max_prompt_tokens", "response_length": "max_new_tokens",
+    "epsilon": "clip_param", "clip_ratio": "clip_param", "max_grad_norm": "grad_clip",
+    "model": "model_name_or_path", "model_name": "model_name_or_path",
+}
+
+
+def closest_setting(key: str, config) -> str | None:
+    """The setting an unknown ``key`` most likely means: by spelling, among the config's
+    names and the aliases above (an alias is resolved to the setting it names)."""
+    import difflib
+
+    names = [k for k in vars(config) if not k.startswith("_")]
+    close = difflib.get_close_matches(key, [*names, *SETTING_ALIASES], n=1)
+    if not close:
+        return None
+    return SETTING_ALIASES.get(close[0], close[0])
 
 
 def _is_lr_schedule(x: Any) -> bool:

@@ -16,6 +16,8 @@ A run cannot be lost:
     with the run's settings and its metrics rows inside, so a kill at any moment leaves the
     previous complete checkpoint, and ``resume`` rewrites ``metrics.jsonl`` from it;
   * pruning deletes only checkpoints of this run (same ``run_id``);
+  * ``resume`` on a folder that holds no run yet (killed before its first record) starts the
+    run, so a supervisor that always restarts with ``--resume`` recovers;
   * ``resume`` refuses settings that change the run's meaning unless told to apply them, and
     records each resume in ``run_config.json``'s ``history``.
 """
@@ -28,6 +30,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -48,6 +51,7 @@ CHECKPOINT_METRICS = "metrics.jsonl"  # the run's metrics rows up to the checkpo
 # What a run writes into its output folder (what --overwrite deletes, nothing else).
 RUN_FILES = (
     "metrics.jsonl", "tensorboard", "checkpoints", "final_model", "final_adapter", "run_config.json", "rllib_logs",
+    "run_config.json.tmp",  # left by a kill during its atomic write
 )
 # Settings that may differ on resume without changing what the run computes.
 MAY_CHANGE_ON_RESUME = frozenset({
@@ -92,13 +96,21 @@ def check_output_dir(output_dir: str, *, resume: bool, overwrite: bool) -> None:
         raise ValueError(f"--output {output_dir!r}: {parent!r} is a file, so no folder can be made there.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"--output {output_dir!r}: {parent!r} is not writable. Pick a folder you can write to.")
+    try:  # root passes os.access everywhere, but cannot make folders in /proc or /sys
+        tempfile.TemporaryDirectory(dir=parent, prefix=".sfpo-write-check-").cleanup()
+    except OSError as err:
+        raise ValueError(f"--output {output_dir!r}: no folder can be made in {parent!r} ({err.strerror}). "
+                         "Pick a folder you can write to.") from None
     present = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
     if resume:
-        if (latest_checkpoint(os.path.join(output_dir, "checkpoints"), quiet=True) is None
-                and _read_run_config(os.path.join(output_dir, "run_config.json")) is None):
+        # No run yet (killed before its first record): --resume starts it, so a supervisor
+        # that always restarts with --resume recovers; files a run did not write stay.
+        foreign = [name for name in present if name not in RUN_FILES]
+        if not holds_run(output_dir) and foreign:
             raise ValueError(
-                f"--resume: {output_dir!r} holds no run (no run_config.json, no complete checkpoint). "
-                "Run without --resume (add --overwrite if the folder holds files of an unfinished start)."
+                f"--resume: {output_dir!r} holds no run but holds files a run did not write "
+                f"({', '.join(foreign[:4])}); they are left alone and the folder is not used. "
+                "Pick an empty or new folder, or the folder of a run."
             )
         return
     if not present:
@@ -115,6 +127,12 @@ def check_output_dir(output_dir: str, *, resume: bool, overwrite: bool) -> None:
             f"--overwrite: --output {output_dir!r} holds files a run did not write ({', '.join(foreign[:4])}); "
             "they are left alone and the folder is not reused. Pick an empty or new folder."
         )
+
+
+def holds_run(output_dir: str) -> bool:
+    """Whether ``output_dir`` holds a run to resume (its run_config.json or a complete checkpoint)."""
+    return (latest_checkpoint(os.path.join(output_dir, "checkpoints"), quiet=True) is not None
+            or _read_run_config(os.path.join(output_dir, "run_config.json")) is not None)
 
 
 def _clear_previous_run(output_dir: str) -> None:
@@ -238,6 +256,7 @@ def check_resume(output_dir: str, config, *, stop_iters: int, allow_config_chang
     stopped before its first one: it starts again), the run's record (run_id, algorithm,
     iteration, settings), and the settings that differ from the record's.
 
+    ``(None, None, {})`` when the folder holds no run yet (``--resume`` then starts it).
     Raises a one-line ValueError listing the differences unless they may change on resume or
     ``allow_config_change`` is set (the algorithm itself never changes).
     """
@@ -246,9 +265,8 @@ def check_resume(output_dir: str, config, *, stop_iters: int, allow_config_chang
         record = _checkpoint_info(restore_from)
     else:
         run_config = _read_run_config(os.path.join(output_dir, "run_config.json"))
-        if run_config is None:
-            raise ValueError(f"--resume: {output_dir!r} holds no run (no run_config.json, no complete checkpoint). "
-                             "Run without --resume.")
+        if run_config is None:  # no run yet: --resume starts one
+            return None, None, {}
         record = {"run_id": run_config["run_id"], "algorithm": run_config["algorithm"], "iteration": 0,
                   "settings": _effective_settings(run_config)}
     algorithm = type(config).__name__.removesuffix("Config")
@@ -369,6 +387,9 @@ def run_training(
     settings = plain_settings(config)  # after validate(), which build_algo repeats (no change)
 
     restore_from, record, changes = None, None, {}
+    if resume and not holds_run(output_dir):
+        logger.warning("--resume: %s holds no run yet (stopped before its first record); starting it.", output_dir)
+        resume, overwrite = False, True  # a new run; only files a run writes are removed
     if resume:
         _remove_partials(checkpoints)
         restore_from, record, changes = check_resume(output_dir, config, stop_iters=stop_iters,
@@ -377,6 +398,7 @@ def run_training(
             logger.warning("--resume: %s has no complete checkpoint yet; the run starts again from iteration 0.",
                            output_dir)
     run_id = record["run_id"] if record else uuid.uuid4().hex
+    _crash_point("before_output", 0)
     os.makedirs(output_dir, exist_ok=True)
     run_config = _read_run_config(run_config_path) if resume else None
     if overwrite or (resume and restore_from is None):

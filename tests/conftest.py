@@ -54,6 +54,7 @@ TIERS = {
     "test_math_env.py": "sandbox",
     "test_math_verifier.py": "sandbox",
     "test_sandbox.py": "sandbox",
+    "test_sandbox_soak.py": "sandbox",
     "test_cli.py": "ray",
     "test_compare.py": "ray",
     "test_evaluate.py": "ray",

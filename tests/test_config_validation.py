@@ -38,7 +38,7 @@ def test_a_valid_config_passes(random_llama):
         ("training", {"optimizer": "lion"}, r"`optimizer` \('lion'\)"),
         ("training", {"clip_param": 0}, r"`clip_param` \(0\) must be > 0"),
         ("training", {"kl_coeff": -1.0}, r"`kl_coeff` \(-1.0\) must be >= 0"),
-        ("training", {"lr": -1e-3}, r"`lr` \(-0.001\) must be > 0"),
+        ("training", {"lr": -1e-3}, r"`lr` \(-0.001\) must be in \(0, 1\]"),
         ("training", {"num_epochs": 0}, r"`num_epochs` \(0\)"),
         ("generation", {"temperature": 0.0}, r"`temperature` \(0.0\) must be > 0"),
         ("generation", {"top_p": 1.5}, r"`top_p` \(1.5\) must be in \(0, 1\]"),

@@ -113,7 +113,6 @@ def test_every_flag_with_a_bad_value(tmp_path, capsys):
     a_file.write_text("x")
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "metrics.jsonl").write_text("{}\n")
-    (tmp_path / "empty").mkdir()
     cases = [
         (["--algo", "PPO"], "--algo"),
         (["--env", ""], "--env is required"),
@@ -128,7 +127,6 @@ def test_every_flag_with_a_bad_value(tmp_path, capsys):
         (["--output", str(a_file)], "is a file"),
         (["--output", str(a_file / "sub")], "is a file"),
         (["--output", str(tmp_path / "used")], "already holds files"),
-        (["--output", str(tmp_path / "empty"), "--resume"], "holds no run"),
         (["--output", str(tmp_path / "used"), "--resume", "--overwrite"], "contradict"),
         (["--allow-config-change"], "--allow-config-change only applies with --resume"),
         (["--no-such-flag"], "unrecognized arguments"),
@@ -301,3 +299,32 @@ def test_bad_data_through_the_cli_is_one_line_before_any_rollout(tmp_path, capsy
                      str(tmp_path / "out"), "--num-cpus", "2", "--no-progress"], capsys)
     assert "`env_config` of 'sfpo/Math-v0'" in err and "bad.jsonl, row 4" in err
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_hostile_inputs_get_one_line(tmp_path, capsys):
+    """Inputs that once ended in a traceback or were accepted: each is exit 2 and one line."""
+    bad_model = tmp_path / "bad_model"
+    bad_model.mkdir()
+    (bad_model / "config.json").write_text("{not json")
+    short_model = tmp_path / "short_model"
+    short_model.mkdir()
+    (short_model / "config.json").write_text(json.dumps({"max_position_embeddings": 128}))
+    cases = [
+        ('{"lr": Infinity}', "`lr` (inf) must be a finite number"),
+        ('{"lr": 1e308}', "`lr` (1e+308) must be in (0, 1]"),
+        ('{"temperature": Infinity}', "`temperature` (inf) must be a finite number"),
+        ('{"kl_coeff": Infinity}', "`kl_coeff` (inf) must be a finite number"),
+        ('{"clip_param": NaN}', "`clip_param` (nan) must be a finite number"),
+        ('{"max_new_tokens": 1000000000}', "`max_new_tokens` (1000000000) must be an int in [1, 1048576]"),
+        (json.dumps({"model_name_or_path": str(bad_model)}), "config.json does not load (JSONDecodeError"),
+        (json.dumps({"model_name_or_path": str(short_model), "max_new_tokens": 200}), "must fit the model's context of 128"),
+        ('{"lerning_rate": 0.1}', "Did you mean 'lr'?"),
+        ('{"learning_rate": 0.1}', "Did you mean 'lr'?"),
+    ]
+    for config, expected in cases:
+        argv = ["train", *ENV, "--config", config, "--output", str(tmp_path / "new")]
+        assert expected in cli_error(argv, capsys), config
+    assert "must be None or an int in [0, 2**32)" in cli_error(
+        ["train", *ENV, "--seed", "-1", "--output", str(tmp_path / "new")], capsys)
+    assert "no folder can be made in '/proc'" in cli_error(["train", *ENV, "--output", "/proc/x"], capsys)
+    assert not (tmp_path / "new").exists()

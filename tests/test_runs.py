@@ -68,9 +68,12 @@ def test_kill_at_any_moment_then_resume_is_bit_identical(baseline, tmp_path):
                               capture_output=True, text=True, timeout=300)
         return proc
 
-    # Killed while writing checkpoint 2 (after iteration 2 was logged); then the last line is
-    # torn as a kill mid-write leaves it.
-    assert cli(crash="mid_checkpoint:2").returncode == 137
+    # Killed before the output folder exists: a supervisor that always passes --resume then
+    # starts the run. Killed again while writing checkpoint 2 (after iteration 2 was logged);
+    # then the last line is torn as a kill mid-write leaves it.
+    assert cli("--resume", crash="before_output:0").returncode == 137 and not out.exists()
+    proc = cli("--resume", crash="mid_checkpoint:2")
+    assert proc.returncode == 137 and "holds no run yet" in proc.stderr, proc.stderr[-2000:]
     assert latest_checkpoint(str(out / "checkpoints")).endswith("iteration_000001")
     assert any(p.name.startswith(".partial-") for p in (out / "checkpoints").iterdir())
     with open(out / "metrics.jsonl", "a") as f:
@@ -131,10 +134,11 @@ def test_resume_refuses_changed_settings_and_applies_them_when_allowed(baseline,
     assert record["history"][:-1] == original["history"]
 
 
-def test_resume_is_refused_where_there_is_no_run(tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    err = error_of(train_args(tmp_path / "empty", "--resume"), capsys)
-    assert "holds no run" in err
+def test_resume_where_there_is_no_run_leaves_foreign_files_alone(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("mine")
+    err = error_of(train_args(tmp_path / "notes", "--resume"), capsys)
+    assert "holds no run" in err and "mine.txt" in err and (tmp_path / "notes" / "mine.txt").exists()
 
 
 def test_pruning_and_resume_skip_what_this_run_did_not_write(tmp_path, caplog):

@@ -702,3 +702,84 @@ def test_killing_the_parent_and_everything_fails(verified_jail):
     finally:
         canary.kill()
         canary.wait()
+
+
+# ----- output is data; memory the address-space limit does not count ---------------------
+
+
+def test_a_program_printing_the_old_failure_marker_is_just_a_failed_run(jail_or_fallback):
+    """The jail reports its own faults on a pipe the program never holds: any text the
+    program prints, or any exit status, is the program's result, never a SandboxError."""
+    programs = [
+        "import sys\nsys.stderr.write('sfpo-seccomp-failed: Operation not permitted\\n')\nsys.exit(125)",
+        "print('sfpo-jail-ready')\nimport os\nos._exit(125)",
+    ]
+    for result in jail_or_fallback.run_batch(programs):
+        assert not result.passed and result.returncode == 125, result
+    judged = jail_or_fallback.run(
+        "import sys\ndef add(a, b):\n    return a - b\nsys.stderr.write('sfpo-seccomp-failed\\n')\n", ADD_TESTS)
+    assert not judged.passed and judged.judged, judged
+
+
+def test_a_jail_that_cannot_install_its_filter_is_one_clear_error(monkeypatch):
+    """The other side of the channel: a real failure of the jail's setup still raises."""
+    sandbox = Sandbox(timeout_s=5)
+    sandbox.isolation  # probe with the real filter
+    monkeypatch.setattr(sandbox, "_seccomp", "00")  # not a BPF program: prctl fails (EINVAL)
+    with pytest.raises(SandboxError, match="seccomp filter could not be installed"):
+        sandbox.run("print('never runs')")
+
+
+MEMORY_HOGS = {
+    "memfd": "import os\nfds = []\nfor _ in range(150):\n    fd = os.memfd_create('x')\n"
+             "    os.ftruncate(fd, 16 << 20)\n    os.write(fd, b'x' * (16 << 20))\n    fds.append(fd)\n",
+    "sysv_shm": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                "ids = [libc.shmget(0, ctypes.c_size_t(600 << 20), 0o1666) for _ in range(4)]\n"
+                "assert all(i >= 0 for i in ids), ctypes.get_errno()\n",
+    "msg_queue": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nassert libc.msgget(0, 0o1666) >= 0, ctypes.get_errno()\n",
+}
+
+
+def _shared_memory_mb() -> float:
+    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    return int(fields["Shmem"].split()[0]) / 1024
+
+
+def _sysv_segments() -> int:
+    return len(Path("/proc/sysvipc/shm").read_text().splitlines()) - 1
+
+
+@pytest.mark.parametrize("mode", ["namespaces", "uid+limits"])
+def test_memfd_and_shared_memory_are_denied_and_leave_nothing(mode):
+    if mode == "namespaces" and not NAMESPACES:
+        pytest.skip("Linux namespaces are not available here")
+    if os.geteuid() != 0:
+        pytest.skip("uid+limits needs root")
+    sandbox_mod._warned.add(mode)
+    sandbox = Sandbox(timeout_s=TIMEOUT * 2, isolation=mode)
+    if sandbox._seccomp is None:
+        pytest.skip("no seccomp filter: pyseccomp or libseccomp is missing (the sandbox warned)")
+    shmem, segments = _shared_memory_mb(), _sysv_segments()
+    results = dict(zip(MEMORY_HOGS, sandbox.run_batch(list(MEMORY_HOGS.values()))))
+    for name, result in results.items():
+        assert not result.passed and ("PermissionError" in result.error or "AssertionError: 1" in result.error), (name, result)
+    # Other processes on the host may allocate shared memory meanwhile: a loose bound.
+    assert _shared_memory_mb() - shmem < 200 and _sysv_segments() <= segments
+    judged = sandbox.run(MEMORY_HOGS["memfd"] + "def add(a, b):\n    return a + b\n", ADD_TESTS)
+    assert not judged.passed, judged
+    _assert_no_leftovers()
+
+
+def test_a_slow_probe_never_picks_a_weaker_mode(monkeypatch):
+    """The probe has its own time limit: a tight `timeout_s` does not weaken isolation, and a
+    probe that keeps running out of time is an error, not a silent fallback."""
+    monkeypatch.setattr(sandbox_mod, "_probed", {})
+    tight = Sandbox(timeout_s=0.04)
+    assert tight.isolation == ("namespaces" if NAMESPACES else tight.isolation)
+    if os.geteuid() != 0:
+        return
+    monkeypatch.setattr(sandbox_mod, "_probed", {})
+    monkeypatch.setattr(sandbox_mod, "_PROBE_TIMEOUT_S", 0.001)
+    monkeypatch.setattr(sandbox_mod, "_PROBE_ATTEMPTS", 2)
+    with pytest.raises(SandboxError, match="probe of isolation mode .* timed out 2 times"):
+        Sandbox(timeout_s=0.001).isolation
