@@ -10,6 +10,7 @@ learner's log-probs.
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from sfpo_rllib.columns import ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS
 from sfpo_rllib.model_cache import resolve_model
 
 MODEL = "smollm2-135m-instruct"
+REPO = Path(__file__).resolve().parent.parent
 # Short questions this model answers in a few tokens (and so stops at its EOS) or rambles on.
 PROBLEMS = [
     {"question": "What is 10 + 10? Put the final answer in \\boxed{}.", "answer": "20"},
@@ -232,3 +234,26 @@ def test_evaluate_runs_on_the_model_by_name(smollm2, tmp_path):
     assert model["model"] == MODEL and results["protocol"]["n"] == 2
     (task,) = model["benchmarks"].values()
     assert task["problems"] == len(PROBLEMS) and 0.0 <= task["avg@2"] <= task["pass@2"] <= 1.0
+
+
+def test_the_tuned_example_validates_and_its_prompts_fit(smollm2):
+    """tuned_examples/smollm2_sfpo_lora.py: a valid config on the fetched model, >= 200 held-out
+    problems disjoint from training, and the chat-formatted prompts as short as its docstring says."""
+    import runpy
+
+    from transformers import AutoTokenizer
+
+    from sfpo_rllib.env_factory import make_env
+
+    example = runpy.run_path(str(REPO / "tuned_examples" / "smollm2_sfpo_lora.py"))
+    config = example["config"]
+    config.validate()
+    test_env = make_env(config.env, {**config.env_config, **config.test_env_config})
+    train_env = make_env(config.env, config.env_config)
+    held_out = {test_env.unwrapped.prompt(i) for i in range(config.test_num_problems)}
+    assert len(held_out) == config.test_num_problems >= 200
+    assert not held_out & {train_env.unwrapped.prompt(i) for i in range(2000)}
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(MODEL, "float32"))
+    lengths = [len(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                 tokenize=True, return_dict=True)["input_ids"]) for p in list(held_out)[:20]]
+    assert 40 <= min(lengths) and max(lengths) <= 50  # the system prompt is in; the docstring's "about 45"
