@@ -257,3 +257,25 @@ def test_the_tuned_example_validates_and_its_prompts_fit(smollm2):
     lengths = [len(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                                  tokenize=True, return_dict=True)["input_ids"]) for p in list(held_out)[:20]]
     assert 40 <= min(lengths) and max(lengths) <= 50  # the system prompt is in; the docstring's "about 45"
+
+
+def test_the_gpu_recipe_validates_on_its_data(smollm2, tmp_path, monkeypatch):
+    """tuned_examples/smollm2_gsm8k_gpu.py (run on a GPU) is a valid config here: bf16 autocast,
+    256 completions per iteration, GSM8K's layout read from $GSM8K_DIR."""
+    import runpy
+
+    from sfpo_rllib.env_factory import make_env
+
+    row = {"question": "Tom has 3 apples and buys 4 more. How many apples does he have?",
+           "answer": "3 + 4 = <<3+4=7>>7\n#### 7"}
+    for name in ("gsm8k_train.jsonl", "gsm8k_test.jsonl"):
+        (tmp_path / name).write_text(json.dumps(row) + "\n")
+    monkeypatch.setenv("GSM8K_DIR", str(tmp_path))
+    config = runpy.run_path(str(REPO / "tuned_examples" / "smollm2_gsm8k_gpu.py"))["config"]
+    config.validate()
+    assert (config.mixed_precision, config.model_dtype, config.train_batch_size_per_learner) == ("bf16", "float32", 256)
+    env = make_env(config.env, {**config.env_config, **config.test_env_config})
+    env.reset(options={"index": 0})
+    _, reward, *_ = env.step("So he has \\boxed{7}.")
+    assert reward == 1.0
+    env.close()
