@@ -108,6 +108,11 @@ def generate_problems(
     return problems
 
 
+# A completion is at most max_new_tokens tokens, but a verifier must not trust that: only the
+# tail is scanned, so a hostile megabyte of digits costs no more than a short answer.
+_MAX_SCANNED_CHARS = 4096
+
+
 def extract_answer(completion: str, answer_format: str = "after_last_equals") -> int | None:
     """The answer ``completion`` gives, read by ``answer_format``, or None when there is none.
 
@@ -121,11 +126,6 @@ def extract_answer(completion: str, answer_format: str = "after_last_equals") ->
     tail = completion.rsplit("=", 1)[-1]
     match = _ANSWER_RE.match(tail)
     return int(match.group(1)) if match else None
-
-
-# A completion is at most max_new_tokens tokens, but a verifier must not trust that: only the
-# tail is scanned, so a hostile megabyte of digits costs no more than a short answer.
-_MAX_SCANNED_CHARS = 4096
 
 
 def spaced(question: str) -> str:
