@@ -40,6 +40,11 @@ from peer_trl_task import ENV_ID, problems, reward  # noqa: E402
 MODEL = "smollm2-135m-instruct"
 
 
+def fail(message: str) -> None:
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
 def run_sampled(cmd: list[str], env: dict, log_path: str) -> tuple[int, float, float]:
     """Run ``cmd``; its exit code, wall seconds and the peak summed PSS (MiB) of its process tree."""
     from learner_memory import process_tree_pss_mib
@@ -172,21 +177,25 @@ def main() -> None:
         print(f"RESULT {score(*json.loads(args.score))}")
         return
     if not os.path.exists(args.trl_python):
-        sys.exit(f"--trl-python: {args.trl_python} does not exist; install TRL in its own venv "
-                 "(python -m venv .venv-trl && .venv-trl/bin/pip install torch==2.13.0 'trl>=1.16,<2' peft) or pass its Python")
+        fail(f"--trl-python: {args.trl_python} does not exist; install TRL in its own venv "
+             "(python -m venv .venv-trl && .venv-trl/bin/pip install torch==2.13.0 'trl>=1.16,<2' peft) or pass its Python")
     os.environ["PEER_TRL_HELD_OUT"] = str(args.held_out)  # the task's held-out/train split, for every process
     from sfpo_rllib.models import cache_folder
 
     model = cache_folder(MODEL) / "float32"
     if not model.is_dir():
-        sys.exit(f"model {MODEL} is not in the cache ({model}); run `sfpo-rllib models fetch {MODEL}` once")
+        fail(f"model {MODEL} is not in the cache ({model}); run `sfpo-rllib models fetch {MODEL}` once")
     s = {"model": str(model), "steps": args.steps, "prompts": args.prompts, "group_size": args.group_size,
          "train_problems": args.steps * args.prompts, "max_new_tokens": args.max_new_tokens, "lr": args.lr,
          "clip": args.clip, "temperature": args.temperature, "weight_decay": args.weight_decay,
          "grad_clip": args.grad_clip, "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
          "gradient_checkpointing": not args.no_gradient_checkpointing, "held_out": args.held_out, "seed": args.seed,
          "threads": args.threads, "trl_python": args.trl_python}
-    problems("train", s["train_problems"])  # too many steps x prompts for the task: one line, before any run
+    try:  # too many steps x prompts (or held-out problems) for the task: one line, before any run
+        problems("test", args.held_out)
+        problems("train", s["train_problems"])
+    except ValueError as err:
+        fail(f"--steps x --prompts / --held-out: {err}")
     trl_version = subprocess.run([args.trl_python, "-c", "import trl; print(trl.__version__)"], capture_output=True,
                                  text=True).stdout.strip() or "?"
     import torch
