@@ -42,6 +42,7 @@ TIERS = {
     "test_input_errors.py": "unit",
     "test_learner_scaling.py": "unit",
     "test_losses.py": "unit",
+    "test_peer_trl_task.py": "unit",
     "test_pure_modules.py": "unit",
     "test_rollout_logp.py": "unit",
     "test_rollout_records.py": "unit",
