@@ -99,7 +99,7 @@ def timing(args) -> None:
 def accuracy(args) -> None:
     from sfpo_rllib.cli import main as cli
 
-    arms = {"lag 0": {"tis_cap": 2.0}, "lag 1": {"tis_cap": 2.0, "rollout_lag": 1, "num_env_runners": 1}}
+    arms = {"lag 0": {"tis_cap": 2.0, "num_env_runners": 1}, "lag 1": {"tis_cap": 2.0, "rollout_lag": 1, "num_env_runners": 1}}
     argv = ["compare", "--base", TUNED_LORA, "--seeds", args.seeds, "--output", args.output]
     for name, settings in arms.items():
         argv += ["--arm", f"{name}={json.dumps(settings)}"]
