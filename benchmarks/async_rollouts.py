@@ -18,7 +18,7 @@ Accuracy (``--accuracy``): held-out gain of lag 1 against lag 0 over seeds, thro
 ``sfpo-rllib compare`` on the LoRA tuned example (tis_cap 2.0 in both arms).
 
 Run:  python benchmarks/async_rollouts.py --iters 6
-      python benchmarks/async_rollouts.py --model smollm2-135m-instruct --iters 3 --prompts 4 --tokens 64
+      python benchmarks/async_rollouts.py --model smollm2-135m-instruct --algos SFPO --iters 2 --prompts 2 --tokens 32 --lora-rank 8
       python benchmarks/async_rollouts.py --accuracy --seeds 0,1,2 --output runs/async_accuracy
 """
 
@@ -76,7 +76,7 @@ def timing(args) -> None:
              configure_logging=False, log_to_driver=False)
     load = os.getloadavg()[0]
     try:
-        rows = [time_arm(args, algo, lag) for algo in ALGOS for lag in (0, 1)]
+        rows = [time_arm(args, algo, lag) for algo in args.algos.split(",") for lag in (0, 1)]
     finally:
         ray.shutdown()
     print(f"model {args.model}, {args.prompts} prompts x 8, {args.tokens} new tokens, lora_rank {args.lora_rank}; "
@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16, help="prompts per iteration (8 completions each)")
     parser.add_argument("--tokens", type=int, default=16, help="max_new_tokens")
     parser.add_argument("--lora-rank", type=int, default=0)
+    parser.add_argument("--algos", default="GRPO,SFPO", help=f"comma-separated, from {', '.join(ALGOS)}")
     parser.add_argument("--runner-threads", type=int, default=1)
     parser.add_argument("--learner-threads", type=int, default=1)
     parser.add_argument("--json", help="also write the rows here")
