@@ -30,7 +30,9 @@ MB_NUM_SEQS = "mb_num_seqs"  # (B,) float32: completions in that whole minibatch
 ROLLOUT_LOGP = "rollout_logp"
 
 # ----- added by the learner -------------------------------------------------------------
-OLD_LOGP = "old_logp"  # (B, C) float32: log π under θ⁰ (the weights the rollouts came from), by the θ⁰ pass
+# (B, C) float32: log π under θ⁰, the learner's weights at the iteration's start, by the θ⁰ pass:
+# the weights the rollouts came from (rollout_lag=0), or the proximal policy one update newer (lag 1)
+OLD_LOGP = "old_logp"
 OLD_ENTROPY = "old_entropy"  # (B, C) float32: the entropy under θ⁰ (the trigger's H_s), beside OLD_LOGP
 REF_LOGP = "ref_logp"  # (B, C) float32: log π under the frozen reference model (only when kl_coeff > 0)
 

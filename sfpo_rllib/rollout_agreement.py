@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from sfpo_rllib.losses import truncated_is_weights
+
 
 def rollout_logp_gap(
     old_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor
@@ -36,3 +38,18 @@ def minibatches_gap(batches, old_key: str, rollout_key: str, mask_key: str) -> d
         s, m = rollout_logp_gap(mb[old_key], mb[rollout_key], mb[mask_key])
         total, worst = total + s, max(worst, m)
     return {"rollout_logp_diff_sum": total, "rollout_logp_diff_max": worst}
+
+
+def behaviour_weight_sums(batches, old_key: str, rollout_key: str, mask_key: str, cap: float | None) -> dict:
+    """The learner's ``sfpo`` stats of the decoupled loss's behaviour weights over its shard:
+    the sum of min(π_θ⁰ / π_rollout, cap) and the number of tokens where the cap binds (None
+    without a cap or without engine log-probs). Sums, so learners combine exactly."""
+    if cap is None or any(rollout_key not in mb for mb in batches):
+        return {"behaviour_weight_sum": None, "behaviour_weights_truncated": None}
+    total, truncated = 0.0, 0.0
+    for mb in batches:
+        mask = mb[mask_key]
+        raw = torch.exp(mb[old_key].float() - mb[rollout_key].float())
+        total += float((truncated_is_weights(mb[old_key], mb[rollout_key], cap) * mask).sum())
+        truncated += float(((raw > cap).float() * mask).sum())
+    return {"behaviour_weight_sum": total, "behaviour_weights_truncated": truncated}

@@ -9,14 +9,23 @@
 4. H_s, the mean token entropy over all learners' tokens, goes into the trigger.
 5. Weights are synced to the env runners; the held-out accuracy is measured when due.
 
-The trigger, the iteration count and the run's seed are part of the checkpoint, so a
-resumed run behaves exactly as an uninterrupted one.
+With ``rollout_lag=1`` (one step off, docs/async_rollouts.md) step 2 of iteration s+1 runs
+during step 3 of iteration s, in a driver thread, on the weights from before that update;
+the learners then train on it with the decoupled loss (their θ⁰ as the proximal policy,
+each token weighted by min(π_θ⁰ / π_behaviour, ``tis_cap``) from the engine's log-probs).
+The weight sync waits for that generation, so runners load new weights once per iteration.
+
+The trigger, the iteration count, the run's seed and (lag 1) the batch generated ahead are
+part of the checkpoint, so a resumed run behaves exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent import futures
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,6 +62,10 @@ TEST_FIELDS = (
 )
 # Dynamic sampling's fields (filter_groups=True; null otherwise).
 SAMPLING_FIELDS = ("sampling_rounds", "groups_sampled", "groups_dropped", "groups_repeated", "groups_uninformative")
+# One-step-off rollouts (rollout_lag=1; null with lag 0): learner updates between the weights
+# that generated the batch and the learner's θ⁰, seconds the update and the next batch's
+# generation ran together, and the decoupled loss's behaviour weights min(π_θ⁰/π_behaviour, cap).
+ASYNC_FIELDS = ("policy_lag", "time_overlap_s", "behaviour_weight_mean", "behaviour_weight_truncated_fraction")
 # Learner loss diagnostics, per stage: fast_* (mean over the K fast passes, null when
 # there is no fast stage) and slow_* (the slow pass; GRPO's only pass).
 DIAGNOSTIC_FIELDS = tuple(f"{stage}_{name}" for stage in ("fast", "slow") for name in PASS_DIAGNOSTICS)
@@ -64,7 +77,7 @@ METRIC_FIELDS = (
     "completion_tokens", "completion_length_mean", "truncated_fraction", "groups_all_equal_reward",
     "verifier_timeouts", "reward_errors", "overlong_penalty_mean", "padding_efficiency", *SAMPLING_FIELDS,
     "rollout_logp_diff", "rollout_logp_diff_max",
-    *DIAGNOSTIC_FIELDS, *TEST_FIELDS,
+    *DIAGNOSTIC_FIELDS, *TEST_FIELDS, *ASYNC_FIELDS,
     "time_rollout_s", "time_generate_s", "time_verify_s", "time_update_s", "time_sync_s", "time_weight_sync_s",
     "time_iteration_s",
 )
@@ -78,6 +91,37 @@ def _rollout_agreement(stats: list[dict], num_tokens: float) -> dict[str, float 
         "rollout_logp_diff": sum(x["rollout_logp_diff_sum"] for x in stats) / num_tokens,
         "rollout_logp_diff_max": max(x["rollout_logp_diff_max"] for x in stats),
     }
+
+
+def _behaviour_weights(stats: list[dict], num_tokens: float) -> dict[str, float | None]:
+    """Mean truncated behaviour weight and the fraction of tokens where ``tis_cap`` binds."""
+    if any(x["behaviour_weight_sum"] is None for x in stats):
+        return {"behaviour_weight_mean": None, "behaviour_weight_truncated_fraction": None}
+    return {
+        "behaviour_weight_mean": sum(x["behaviour_weight_sum"] for x in stats) / num_tokens,
+        "behaviour_weight_truncated_fraction": sum(x["behaviour_weights_truncated"] for x in stats) / num_tokens,
+    }
+
+
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Seconds two (start, end) intervals share."""
+    return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+
+
+@dataclass
+class GeneratedBatch:
+    """One iteration's rollouts as the env runners sampled and scored them."""
+
+    iteration: int  # the SFPO iteration that trains on it
+    weights_iteration: int  # the iteration whose updated weights sampled it (0: the starting model)
+    records: list[Rollout]  # what the learners train on
+    sampled: list[Rollout]  # everything sampled (dynamic sampling drops some)
+    sampling_stats: dict[str, Any]
+    time_rollout_s: float
+    time_generate_s: float
+    time_verify_s: float
+    time_weight_sync_s: float
+    interval: tuple[float, float]  # (start, end) on this process's perf_counter; not comparable after a restore
 
 
 def _seed(*parts: int) -> int:
@@ -125,6 +169,12 @@ class SFPO(Algorithm):
         self.train_size = self._on_runners(lambda runner, _: runner.num_problems("train"), [None])[0]
         self.test_size = None
         self.test_due = False  # set by the CLI to force a test after the next iteration
+        # rollout_lag=1: the next iteration's batch (generated during this iteration's update),
+        # one driver thread that generates it, and a flag that is clear while the learners update.
+        self.pending_batch: GeneratedBatch | None = None
+        self._generator = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sfpo-rollouts")
+        self._learners_idle = threading.Event()
+        self._learners_idle.set()
         # The run (CLI, compare) measures the starting model by calling run_test(iteration=0).
 
     # ----- runner plumbing --------------------------------------------------------------
@@ -186,6 +236,10 @@ class SFPO(Algorithm):
         """Bring restarted runners back into the group with the learners' current weights."""
         restored = env_runner_group.probe_unhealthy_env_runners() if env_runner_group.num_remote_env_runners() else []
         if restored:
+            # During a lag-1 update the learners' weights are in flux: the restarted runner gets
+            # them once the update is done (its rollouts are then one update newer; the
+            # decoupled loss stays correct, but the run is no longer a function of its seeds).
+            self._learners_idle.wait()
             env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group,
                                           to_worker_indices=restored, inference_only=True, timeout_seconds=None)
             self.runner_restarts += len(restored)
@@ -203,17 +257,13 @@ class SFPO(Algorithm):
         return out
 
     # ----- one iteration -------------------------------------------------------------------
-    @override(Algorithm)
-    def training_step(self) -> None:
+    def _generate(self, s: int, weights_iteration: int) -> GeneratedBatch:
+        """Iteration s's batch: round 0 of its prompts, plus dynamic sampling's extra rounds.
+
+        A function of (run seed, s) and the runners' weights only, so it may run ahead of
+        the iteration that trains on it (``rollout_lag=1``, in the generator thread).
+        """
         c = self.config
-        s = self.sfpo_iteration + 1
-        t_start = time.perf_counter()
-        logged: dict[str, Any] = {"iteration": s}
-
-        # α = 0 whenever there is no fast stage (GRPO, or after the switch-off).
-        alpha = self.trigger.alpha(s, c.reposition_alpha) if c.fast_steps > 0 else 0.0
-        fast_steps = c.fast_steps if alpha > 0.0 else 0
-
         t0 = time.perf_counter()
         run_seed = self.run_seed  # closures shipped to runners must not capture `self`
         num_prompts = c.total_train_batch_size // c.group_size
@@ -238,30 +288,77 @@ class SFPO(Algorithm):
             return [r for sample in out for r in sample["records"]]
 
         records, sampled, sampling_stats = collect_batch(sample_round, c, num_groups=num_prompts)
-        time_rollout = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        return GeneratedBatch(
+            iteration=s,
+            weights_iteration=weights_iteration,
+            records=records,
+            sampled=sampled,
+            sampling_stats=sampling_stats,
+            time_rollout_s=t1 - t0,
+            time_generate_s=sum(time_generate),
+            time_verify_s=sum(time_verify),
+            time_weight_sync_s=time_weight_sync[0],  # the runners' load of the generating weights
+            interval=(t0, t1),
+        )
+
+    def _update_learners(self, batches, **update_kwargs) -> list[dict]:
+        self._learners_idle.clear()
+        try:
+            if self.learner_group.is_local:
+                return self.learner_group.update(batch=batches[0], **update_kwargs)
+            return self.learner_group.update(batches=batches, **update_kwargs)
+        finally:
+            self._learners_idle.set()
+
+    @override(Algorithm)
+    def training_step(self) -> None:
+        c = self.config
+        s = self.sfpo_iteration + 1
+        t_start = time.perf_counter()
+        logged: dict[str, Any] = {"iteration": s}
+
+        # α = 0 whenever there is no fast stage (GRPO, or after the switch-off).
+        alpha = self.trigger.alpha(s, c.reposition_alpha) if c.fast_steps > 0 else 0.0
+        fast_steps = c.fast_steps if alpha > 0.0 else 0
+
+        # Lag 1: this iteration's batch was generated during the last update (or restored with
+        # the checkpoint); the first iteration, or one after a lag-0 checkpoint, generates it now.
+        pending, self.pending_batch = self.pending_batch, None
+        if c.rollout_lag and pending is not None and pending.iteration == s:
+            batch = pending
+        else:
+            batch = self._generate(s, weights_iteration=self.sfpo_iteration)
+        ahead = self._generator.submit(self._generate, s + 1, self.sfpo_iteration) if c.rollout_lag else None
+        sampled = batch.sampled
 
         t1 = time.perf_counter()
-        batches, batch_stats = build_learner_batches(
-            records,
-            group_size=c.group_size,
-            num_learners=c.num_learners,
-            minibatch_size_per_learner=c.minibatch_size,
-            pad_token_id=self.pad_token_id,
-            advantage_estimator=c.advantage_estimator,
-            advantage_std_norm=c.advantage_std_norm,
-            mask_truncated=c.mask_truncated,
-            max_tokens_per_micro_batch=c.max_tokens_per_micro_batch,
-        )
-        update_kwargs = dict(
-            timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: self.rollouts + len(sampled)},
-            alpha=alpha,
-            fast_steps=fast_steps,
-        )
-        if self.learner_group.is_local:
-            results = self.learner_group.update(batch=batches[0], **update_kwargs)
-        else:
-            results = self.learner_group.update(batches=batches, **update_kwargs)
-        time_update = time.perf_counter() - t1
+        try:
+            batches, batch_stats = build_learner_batches(
+                batch.records,
+                group_size=c.group_size,
+                num_learners=c.num_learners,
+                minibatch_size_per_learner=c.minibatch_size,
+                pad_token_id=self.pad_token_id,
+                advantage_estimator=c.advantage_estimator,
+                advantage_std_norm=c.advantage_std_norm,
+                mask_truncated=c.mask_truncated,
+                max_tokens_per_micro_batch=c.max_tokens_per_micro_batch,
+            )
+            results = self._update_learners(
+                batches,
+                timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: self.rollouts + len(sampled)},
+                alpha=alpha,
+                fast_steps=fast_steps,
+            )
+        except BaseException:
+            if ahead is not None:
+                futures.wait([ahead])  # the runners finish before the error propagates
+            raise
+        t_update_end = time.perf_counter()
+        time_update = t_update_end - t1
+        # The runners keep the generating weights until the next batch is complete.
+        self.pending_batch = ahead.result() if ahead is not None else None
         self.metrics.aggregate([r["learner"] for r in results], key=LEARNER_RESULTS)
 
         stats = [r["sfpo"] for r in results]
@@ -293,21 +390,28 @@ class SFPO(Algorithm):
                 "verifier_timeouts": int(sum(r.timed_out for r in sampled)),
                 "reward_errors": int(sum(r.reward_error for r in sampled)),
                 **_pass_diagnostics(stats),
-                "time_rollout_s": time_rollout,
-                "time_generate_s": sum(time_generate),
-                "time_verify_s": sum(time_verify),
+                "time_rollout_s": batch.time_rollout_s,
+                "time_generate_s": batch.time_generate_s,
+                "time_verify_s": batch.time_verify_s,
                 "time_update_s": time_update,
                 "time_sync_s": time_sync,
                 # The engine's log π vs the learner's θ⁰ recompute, over completion tokens.
                 **_rollout_agreement(stats, num_tokens),
-                "time_weight_sync_s": time_weight_sync[0],  # the runners' load of this iteration's weights
+                "time_weight_sync_s": batch.time_weight_sync_s,
                 **batch_stats,
-                **sampling_stats,
+                **batch.sampling_stats,
             }
         )
         logged["overlong_penalty_mean"] = (
             float(np.mean([r.reward - r.verifier_reward for r in sampled])) if c.overlong_buffer is not None else None
         )
+        logged.update(dict.fromkeys(ASYNC_FIELDS))
+        if c.rollout_lag:
+            logged.update(
+                policy_lag=s - 1 - batch.weights_iteration,
+                time_overlap_s=_overlap(self.pending_batch.interval, (t1, t_update_end)),
+                **_behaviour_weights(stats, num_tokens),
+            )
         logged.update(dict.fromkeys(TEST_FIELDS))
         if c.test_interval and (s % c.test_interval == 0 or self.test_due):
             logged.update(self.run_test(iteration=s))
@@ -357,6 +461,7 @@ class SFPO(Algorithm):
             "rollouts": self.rollouts,
             "run_seed": self.run_seed,
             "trigger": self.trigger.get_state(),
+            "pending_batch": self.pending_batch,  # lag 1: generated by the weights before the last update
         }
         return state
 
@@ -375,3 +480,9 @@ class SFPO(Algorithm):
             self.rollouts = sfpo["rollouts"]
             self.run_seed = sfpo["run_seed"]
             self.trigger.set_state(sfpo["trigger"])
+            self.pending_batch = sfpo.get("pending_batch")
+
+    @override(Algorithm)
+    def cleanup(self) -> None:
+        self._generator.shutdown(wait=True)
+        super().cleanup()

