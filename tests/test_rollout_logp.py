@@ -73,7 +73,7 @@ def test_learner_reports_the_gap_to_theta0(random_model_factory):
             r.rollout_logp = (logp[i, : len(r.completion_ids)] + shift).tolist()
         config = (SFPOConfig().environment("sfpo/Arithmetic-v0")
                   .training(group_size=4, train_batch_size_per_learner=16, minibatch_size=8, lr=1e-3)
-                  .generation(model_name_or_path=path))
+                  .generation(model_name_or_path=path, max_new_tokens=8))  # the random model has 64 positions
         config.validate()
         learner = config.build_learner(spaces={DEFAULT_MODULE_ID: (TextSpace(), TextSpace())})
         batches, stats = build_learner_batches(records, group_size=4, num_learners=0, minibatch_size_per_learner=8,
