@@ -32,6 +32,7 @@ class CausalLMRLModule(TorchRLModule):
     attn_implementation (str | None): e.g. "sdpa", "flash_attention_2".
     logp_chunk_tokens (int | None): tokens per chunk of the (tokens, vocab) logits
         (default 512); None computes them all at once (memory grows with the batch).
+    share_prompt_prefix (bool): each prompt runs once for its group's rows (logprobs.py).
     """
 
     @override(TorchRLModule)
@@ -45,6 +46,7 @@ class CausalLMRLModule(TorchRLModule):
             LogitHead.of(self.lm)  # check the chunked replay once, before adapters or sharding
         self.lm = apply_lora(self.lm, cfg.get("lora"))  # unchanged when LoRA is off
         self.temperature = float(cfg.get("temperature", 1.0))
+        self.share_prompt_prefix = bool(cfg.get("share_prompt_prefix", False))
         # Set by the learner when entropy_coeff != 0 (entropy then enters the loss).
         self.entropy_grad = False
         # Sharded (FSDP2) learners: the full state, gathered by the learner (sharding.py).
@@ -61,6 +63,7 @@ class CausalLMRLModule(TorchRLModule):
             entropy_grad=self.entropy_grad,
             completion_mask=batch[COMPLETION_MASK],
             chunk_tokens=self.logp_chunk_tokens,
+            share_prompt_prefix=self.share_prompt_prefix,
         )
         return {LOGP: logp, ENTROPY: entropy}
 

@@ -195,12 +195,15 @@ def completion_logp_and_entropy(
     entropy_grad: bool = False,
     completion_mask: torch.Tensor | None = None,  # (B, C): only these tokens are computed
     chunk_tokens: int | None = DEFAULT_LOGP_CHUNK_TOKENS,
+    share_prompt_prefix: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs (B, C) and entropies (B, C) of the last ``completion_width`` columns.
 
     With ``completion_mask`` only completion tokens go through the output layer (padding
     gets 0). With ``chunk_tokens`` (default) the (tokens, vocab) logits exist one chunk at
-    a time; ``chunk_tokens=None`` is the plain full-vocabulary computation.
+    a time; ``chunk_tokens=None`` is the plain full-vocabulary computation. With
+    ``share_prompt_prefix`` (chunked path only) consecutive rows with the same prompt run it
+    through the model once (``_prompt_shared_hidden``).
     """
     position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
     if is_lora(lm):
@@ -227,10 +230,14 @@ def completion_logp_and_entropy(
             logp, entropy = logp * keep, entropy * keep
         return logp, entropy
 
-    hidden = lm.base_model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    ).last_hidden_state
-    hidden = hidden[:, -(completion_width + 1) : -1]  # (B, C, H): each predicts the next token
+    hidden = None
+    if share_prompt_prefix:
+        hidden = _prompt_shared_hidden(lm.base_model, input_ids, attention_mask, position_ids, completion_width)
+    if hidden is None:
+        hidden = lm.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        hidden = hidden[:, -(completion_width + 1) : -1]  # (B, C, H): each predicts the next token
     targets = input_ids[:, -completion_width:]
     if completion_mask is None:
         keep = torch.ones_like(targets, dtype=torch.bool)
@@ -246,3 +253,68 @@ def completion_logp_and_entropy(
     if not entropy_grad:
         entropy = entropy.detach()
     return logp, entropy
+
+
+def _prompt_shared_hidden(
+    body: torch.nn.Module,
+    input_ids: torch.Tensor,  # (B, P + C)
+    attention_mask: torch.Tensor,  # (B, P + C)
+    position_ids: torch.Tensor,  # (B, P + C)
+    completion_width: int,
+) -> torch.Tensor | None:
+    """The hidden states that predict the completion tokens (B, C, H), each prompt run once.
+
+    GRPO-style batches hold G completions per prompt, and the prompt columns of those rows
+    are identical (same left padding within a micro-batch): the distinct prompts go through the body once,
+    their keys and values are repeated to every row of their group (an index, so gradients
+    sum back into the one prompt pass), and only the completion columns run per row. The
+    result equals the full pass up to float rounding (different matmul shapes); the work
+    drops from B x (P + C) tokens to (distinct prompts) x P + B x C. Returns None, and the
+    caller runs the full pass, when no two rows share a prompt or the model's
+    cache is not the plain growing one (e.g. sliding-window layers).
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    prompt_width = input_ids.shape[1] - completion_width
+    if prompt_width == 0:
+        return None
+    prompt_ids, prompt_mask = input_ids[:, :prompt_width], attention_mask[:, :prompt_width]
+    # Rows may come in any order (micro-batches are packed by length): match whole prompt columns.
+    distinct, owner = torch.unique(torch.cat([prompt_ids, prompt_mask.long()], dim=1), dim=0, return_inverse=True)
+    if len(distinct) == input_ids.shape[0]:
+        return None
+    first_rows = torch.full((len(distinct),), input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+    first_rows = first_rows.scatter_reduce(0, owner, torch.arange(input_ids.shape[0], device=input_ids.device), "amin")
+    cache_arg = _cache_argument(body)
+    prompt_out = body(
+        input_ids=prompt_ids[first_rows], attention_mask=prompt_mask[first_rows],
+        position_ids=position_ids[first_rows, :prompt_width], use_cache=True,
+    )
+    cache = getattr(prompt_out, "cache", None) or getattr(prompt_out, "past_key_values", None)
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        _warn_once("share_prompt_prefix: this model's cache is not a plain DynamicCache; computing full rows")
+        return None
+    cache.batch_select_indices(owner)
+    completion_out = body(
+        input_ids=input_ids[:, prompt_width:], attention_mask=attention_mask,
+        position_ids=position_ids[:, prompt_width:], use_cache=True, **{cache_arg: cache},
+    )
+    last_prompt_hidden = prompt_out.last_hidden_state[owner, -1:]  # predicts the first completion token
+    return torch.cat([last_prompt_hidden, completion_out.last_hidden_state[:, :-1]], dim=1)
+
+
+def _cache_argument(body: torch.nn.Module) -> str:
+    """transformers 5.2x names the forward's cache argument ``cache``; earlier, ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)

@@ -119,6 +119,7 @@ class SFPOConfig(AlgorithmConfig):
         self.max_tokens_per_micro_batch = None
         self.micro_batch_size = None
         self.logp_chunk_tokens = 512
+        self.share_prompt_prefix = False
         self.mixed_precision = "no"
         self.learner_strategy = "ddp"
         # --- held-out accuracy (held_out_test()) ---
@@ -376,6 +377,7 @@ class SFPOConfig(AlgorithmConfig):
         max_tokens_per_micro_batch=NotProvided,
         micro_batch_size=NotProvided,
         logp_chunk_tokens=NotProvided,
+        share_prompt_prefix=NotProvided,
         mixed_precision=NotProvided,
         learner_strategy=NotProvided,
     ) -> "SFPOConfig":
@@ -392,6 +394,10 @@ class SFPOConfig(AlgorithmConfig):
                 no limit). With both None each minibatch is one micro-batch, as before.
             logp_chunk_tokens: tokens per chunk of the (tokens, vocab) logits when computing
                 log-probs and entropy (None = all at once, memory grows with the batch).
+            share_prompt_prefix: run each prompt through the model once per group instead of
+                once per completion (its keys and values serve all G rows); equal up to float
+                rounding, and far less work when prompts are long next to completions. Needs
+                the chunked log-probs, gradient_checkpointing=False and learner_strategy="ddp".
             mixed_precision: "no", "bf16" or "fp16": compute under autocast in that dtype
                 while parameters, gradients, optimizer moments and θ⁰ stay fp32 (needs
                 model_dtype="float32"; "fp16" adds loss scaling).
@@ -404,6 +410,8 @@ class SFPOConfig(AlgorithmConfig):
             self.micro_batch_size = micro_batch_size
         if logp_chunk_tokens is not NotProvided:
             self.logp_chunk_tokens = logp_chunk_tokens
+        if share_prompt_prefix is not NotProvided:
+            self.share_prompt_prefix = share_prompt_prefix
         if mixed_precision is not NotProvided:
             self.mixed_precision = mixed_precision
         if learner_strategy is not NotProvided:
@@ -457,6 +465,7 @@ class SFPOConfig(AlgorithmConfig):
                 "temperature": self.temperature,
                 "gradient_checkpointing": self.gradient_checkpointing,
                 "logp_chunk_tokens": self.logp_chunk_tokens,
+                "share_prompt_prefix": self.share_prompt_prefix,
                 "lora": self.lora_settings(),
             },
         )
@@ -699,6 +708,17 @@ class SFPOConfig(AlgorithmConfig):
                     "micro_batch_size", "must be None or an int >= 1", "Use None for no limit, or e.g. 8.")
         self._check(self.logp_chunk_tokens is None or (_is_int(self.logp_chunk_tokens) and self.logp_chunk_tokens >= 1),
                     "logp_chunk_tokens", "must be None or an int >= 1", "Use 512.")
+        self._check(isinstance(self.share_prompt_prefix, bool), "share_prompt_prefix", "must be True or False",
+                    "Use True or False.")
+        if self.share_prompt_prefix:
+            # The shared prompt pass hands its keys and values to the completion pass: layers
+            # recomputed by checkpointing return none, and FSDP2's per-forward hooks are untested.
+            self._check(not self.gradient_checkpointing, "share_prompt_prefix",
+                        "cannot be combined with gradient_checkpointing=True", "Set one of them to false.")
+            self._check(self.learner_strategy == "ddp", "share_prompt_prefix",
+                        f"needs learner_strategy='ddp' (got {self.learner_strategy!r})", "Set share_prompt_prefix to false.")
+            self._check(self.logp_chunk_tokens is not None, "share_prompt_prefix",
+                        "needs the chunked log-probs (logp_chunk_tokens is None)", "Use logp_chunk_tokens=512.")
         self._check(_is_name(self.mixed_precision, MIXED_PRECISION_NAMES), "mixed_precision",
                     f"must be one of {MIXED_PRECISION_NAMES}", "Use 'bf16' on GPUs, 'no' on CPU.")
         if self.mixed_precision != "no":

@@ -337,6 +337,7 @@ class SFPOTorchLearner(TorchLearner):
         return completion_logp_and_entropy(
             lm, micro[INPUT_IDS], micro[ATTENTION_MASK], mask.shape[1], policy.temperature,
             completion_mask=mask, chunk_tokens=policy.logp_chunk_tokens,
+            share_prompt_prefix=policy.share_prompt_prefix,
         )
 
     def _pass(self, minibatches: list[list[dict[str, torch.Tensor]]], diagnostics: dict[str, list] | None = None) -> None:

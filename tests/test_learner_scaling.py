@@ -14,6 +14,7 @@ from sfpo_envs import Verdict
 from sfpo_rllib import SFPOConfig
 from sfpo_rllib.batch import build_learner_batches, pad_rows, plan_micro_batches
 from sfpo_rllib.causal_lm_module import completion_logp_and_entropy, load_causal_lm
+from sfpo_rllib.logprobs import _prompt_shared_hidden
 from sfpo_rllib.columns import ATTENTION_MASK, COMPLETION_MASK, INPUT_IDS, LOGP, OLD_LOGP, Rollout
 from sfpo_rllib.rllib_compat import grad_scaler
 from test_sfpo_learner import SPACES, learner_for, make_records, params_of
@@ -63,6 +64,64 @@ def test_chunked_logp_and_entropy_equal_the_full_vocabulary_computation(random_m
     assert max(float(g_full[n].abs().max()) for n in g_full) > 1e-3
     for name in g_full:
         torch.testing.assert_close(g[name], g_full[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+# ----- one prompt pass per group ------------------------------------------------------------
+def grouped_records(groups=4, group_size=4, seed=0):
+    """GRPO batches: G completions of uneven length per prompt, prompts of uneven length."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for _ in range(groups):
+        prompt = rng.integers(3, 40, size=rng.integers(2, 9)).tolist()
+        records += [Rollout(prompt_ids=prompt, completion_ids=rng.integers(3, 40, size=int(rng.choice([1, 3, 9]))).tolist() + [1],
+                            verdict=Verdict.from_reward(float(rng.random()))) for _ in range(group_size)]
+    return records
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_shared_prompt_prefix_equals_full_rows(random_model_factory, arch):
+    lm = load_causal_lm(random_model_factory(arch))
+    cols = {k: torch.from_numpy(v) for k, v in pad_rows(grouped_records(), pad_token_id=0).items()}
+    order = torch.from_numpy(np.random.default_rng(1).permutation(16))  # micro-batches are packed by length
+    cols = {k: v[order] for k, v in cols.items()}
+    mask = cols[COMPLETION_MASK]
+    width = mask.shape[1]
+    position_ids = (cols[ATTENTION_MASK].cumsum(-1) - 1).clamp(min=0)
+    shared = _prompt_shared_hidden(lm.model, cols[INPUT_IDS], cols[ATTENTION_MASK], position_ids, width)
+    assert shared is not None and shared.shape[:2] == (16, width), "the shared path must really run"
+    results = {}
+    for share in (False, True):
+        lm.zero_grad()
+        logp, entropy = completion_logp_and_entropy(lm, cols[INPUT_IDS], cols[ATTENTION_MASK], width, 0.7,
+                                                    entropy_grad=True, completion_mask=mask, share_prompt_prefix=share)
+        ((logp.exp() * mask).sum() + 0.3 * (logp * mask).sum() + 0.1 * (entropy * mask).sum()).backward()
+        results[share] = logp.detach(), entropy.detach(), {n: p.grad.clone() for n, p in lm.named_parameters()}
+    (lp_full, ent_full, g_full), (lp, ent, g) = results[False], results[True]
+    torch.testing.assert_close(lp, lp_full, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ent, ent_full, rtol=0, atol=1e-5)
+    assert max(float(g_full[n].abs().max()) for n in g_full) > 1e-3
+    for name in g_full:  # the prompt pass's gradient sums over every row of its group
+        torch.testing.assert_close(g[name], g_full[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_shared_prompt_prefix_falls_back_when_every_prompt_differs(random_llama):
+    lm = load_causal_lm(random_llama)
+    cols = {k: torch.from_numpy(v) for k, v in pad_rows(uneven_records(6, seed=3), pad_token_id=0).items()}
+    position_ids = (cols[ATTENTION_MASK].cumsum(-1) - 1).clamp(min=0)
+    assert _prompt_shared_hidden(lm.model, cols[INPUT_IDS], cols[ATTENTION_MASK], position_ids,
+                                 cols[COMPLETION_MASK].shape[1]) is None
+
+
+def test_sfpo_update_with_shared_prompt_prefix_matches_full_rows(random_llama):
+    batches, _ = build_learner_batches(grouped_records(), group_size=4, num_learners=0,
+                                       minibatch_size_per_learner=8, pad_token_id=0)
+    settings = dict(optimizer="adamw", lr=1e-3, grad_clip=0.5, max_tokens_per_micro_batch=60)
+    full = learner_for(random_llama, **settings)
+    shared = learner_for(random_llama, **settings, share_prompt_prefix=True)
+    full.update(batch=copy.deepcopy(batches[0]), alpha=0.8, fast_steps=2)
+    shared.update(batch=copy.deepcopy(batches[0]), alpha=0.8, fast_steps=2)
+    assert max_diff(params_of(full), params_of(learner_for(random_llama))) > 1e-4
+    assert max_diff(params_of(full), params_of(shared)) < 1e-5
 
 
 # ----- micro-batches ------------------------------------------------------------------------
@@ -232,6 +291,9 @@ def test_fp16_mixed_precision_scales_the_loss_and_still_steps_like_fp32(random_l
     (dict(logp_chunk_tokens=-1), r"`logp_chunk_tokens` \(-1\)"),
     (dict(mixed_precision="bf17"), r"`mixed_precision` \('bf17'\) must be one of"),
     (dict(learner_strategy="zero3"), r"`learner_strategy` \('zero3'\) must be one of"),
+    (dict(share_prompt_prefix=1), r"`share_prompt_prefix` \(1\) must be True or False"),
+    (dict(share_prompt_prefix=True, learner_strategy="fsdp2"), r"`share_prompt_prefix` \(True\) needs learner_strategy='ddp'"),
+    (dict(share_prompt_prefix=True, logp_chunk_tokens=None), r"`share_prompt_prefix` \(True\) needs the chunked log-probs"),
 ])
 def test_scaling_settings_are_checked(settings, message):
     config = SFPOConfig().environment("sfpo/Arithmetic-v0").generation(max_new_tokens=128).scaling(**settings)
@@ -250,4 +312,11 @@ def test_mixed_precision_needs_fp32_master_weights():
     config = (SFPOConfig().environment("sfpo/Arithmetic-v0").generation(model_dtype="bfloat16")
               .scaling(mixed_precision="bf16"))
     with pytest.raises(ValueError, match=r"`model_dtype` \('bfloat16'\) must be 'float32' with mixed_precision='bf16'"):
+        config.validate()
+
+
+def test_shared_prompt_prefix_refuses_gradient_checkpointing():
+    config = (SFPOConfig().environment("sfpo/Arithmetic-v0").generation(gradient_checkpointing=True)
+              .scaling(share_prompt_prefix=True))
+    with pytest.raises(ValueError, match=r"`share_prompt_prefix` \(True\) cannot be combined with gradient_checkpointing"):
         config.validate()

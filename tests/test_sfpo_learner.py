@@ -35,7 +35,8 @@ def make_records(n=16, seed=0, vocab=40, eos=1):
     ]
 
 
-SCALING = ("max_tokens_per_micro_batch", "micro_batch_size", "logp_chunk_tokens", "mixed_precision", "learner_strategy")
+SCALING = ("max_tokens_per_micro_batch", "micro_batch_size", "logp_chunk_tokens", "share_prompt_prefix",
+           "mixed_precision", "learner_strategy")
 
 
 def learner_for(model_dir, model_dtype="float32", **training):
