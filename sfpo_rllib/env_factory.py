@@ -78,6 +78,11 @@ def _prompts(env: gym.Env) -> list[str]:
     return [env.reset(options={"index": i})[0] for i in range(len(base))]
 
 
+# Setting test_env_config replaces its default {"split": "test"}: adding e.g. a `size` drops the split.
+SPLIT_DROPPED = ("test_env_config has no 'split', and setting test_env_config replaces its default "
+                 "{'split': 'test'}. Add it: test_env_config={'split': 'test', ...}.")
+
+
 def _why_no_held_out(env: Any, test_kwargs: Mapping[str, Any]) -> str:
     """Why the held-out environment got the training problems, in terms of what ``env`` has, and the fix."""
     if isinstance(env, DatasetEnv):
@@ -124,7 +129,8 @@ def check_held_out_data(config) -> int:
         raise ValueError(
             f"All {len(held_out)} held-out problems of {config.env!r} are training problems (env_config "
             f"{dict(config.env_config)!r}, test_env_config {dict(config.test_env_config)!r}): "
-            + _why_no_held_out(train.unwrapped, {**dict(config.env_config), **dict(config.test_env_config)})
+            + (SPLIT_DROPPED if "split" not in config.test_env_config
+               else _why_no_held_out(train.unwrapped, {**dict(config.env_config), **dict(config.test_env_config)}))
         )
     if overlap:
         logger.warning("%d of %d held-out problems of %r are also training problems; the metric "

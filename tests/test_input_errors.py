@@ -245,6 +245,9 @@ def test_an_environment_without_data_that_ignores_split_is_told_so():
         assert "RewardFnEnv" in message and "does not choose its examples" in message
         assert "data file" not in message
         assert check_held_out_data(SFPOConfig().environment("test/Reverse-v0")) == 0
+        # test_env_config replaces its default {"split": "test"}: a config that drops the split is told so.
+        dropped = data_error(SFPOConfig().environment("test/Reverse-v0").held_out_test(test_env_config={"same": True}))
+        assert "has no 'split'" in dropped and "test_env_config={'split': 'test', ...}" in dropped
     finally:
         gym.registry.pop("test/Reverse-v0", None)
 
