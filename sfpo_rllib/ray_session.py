@@ -120,7 +120,12 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, log_
     try:
         ray.init(**options)
     except ConnectionError as err:  # it answered the port, but is no Ray head (or refused us)
-        raise ValueError(f"--ray-address {address}: could not join the Ray cluster ({err}); {FIX}.") from None
+        raise ValueError(
+            f"--ray-address {address}: something answers at {options['address']} but this process could not join it as "
+            f"a Ray cluster ({err}); check that it is a Ray head started with `ray start --head` and, if the "
+            "cluster uses token authentication (Ray's default for `ray start`), that this machine has its token "
+            "(RAY_AUTH_TOKEN, or the head's ~/.ray/auth_token)."
+        ) from None
     try:
         yield describe()
     finally:
