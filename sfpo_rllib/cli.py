@@ -3,6 +3,7 @@
   sfpo-rllib train --algo SFPO --env sfpo/Arithmetic-v0 --config '{"lr": 1e-4}' \\
       --stop-iters 50 --seed 0 --output runs/arith
   sfpo-rllib train file tuned_examples/arithmetic_sfpo.py --stop-iters 5 --output runs/x
+  sfpo-rllib train file tuned_examples/arithmetic_sfpo.py --ray-address auto   # join a `ray start --head` cluster
   sfpo-rllib compare --base tuned_examples/arithmetic_sfpo.py --arms ARMS.json --seeds 0,1,2 --output runs/cmp
   sfpo-rllib models fetch smollm2-135m-instruct      # a pretrained model into the model cache, once
   sfpo-rllib models list
