@@ -3,6 +3,7 @@
   sfpo-rllib train --algo SFPO --env sfpo/Arithmetic-v0 --config '{"lr": 1e-4}' \\
       --stop-iters 50 --seed 0 --output runs/arith
   sfpo-rllib train file tuned_examples/arithmetic_sfpo.py --stop-iters 5 --output runs/x
+  sfpo-rllib train file tuned_examples/arithmetic_sfpo.py --ray-address auto   # join a `ray start --head` cluster
   sfpo-rllib compare --base tuned_examples/arithmetic_sfpo.py --arms ARMS.json --seeds 0,1,2 --output runs/cmp
   sfpo-rllib models fetch smollm2-135m-instruct      # a pretrained model into the model cache, once
   sfpo-rllib models list
@@ -53,11 +54,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --resume: apply settings that differ from the checkpoint's (recorded in run_config.json)")
     train.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
     train.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
+    _add_ray_address(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_compare_parser(sub)
     _add_evaluate_parser(sub)
     _add_models_parser(sub)
     return parser
+
+
+def _add_ray_address(parser) -> None:
+    parser.add_argument("--ray-address", metavar="local|auto|HOST:PORT",
+                        help="the Ray to run on: 'local' starts one for this command; 'auto' or the head's HOST:PORT "
+                             "joins a cluster started with `ray start --head` (default: $RAY_ADDRESS, else local)")
 
 
 def _add_models_parser(sub) -> None:
@@ -114,6 +122,7 @@ def _add_compare_parser(sub) -> None:
     compare.add_argument("--target", type=float, help="target held-out accuracy in [0, 1] (default: the baseline's best)")
     compare.add_argument("--output", required=True, help="output folder; finished runs in it are kept, not re-run")
     compare.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
+    _add_ray_address(compare)
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -146,23 +155,28 @@ def _user_error(err: BaseException) -> ValueError | None:
 
 
 @contextlib.contextmanager
-def _local_ray(num_cpus: int | None, log_to_driver: bool = True):
-    """A local Ray instance for one command: a user's error raised inside (see
-    ``_user_error``) ends it with one line, a bug with its traceback; Ray is shut down either way."""
-    import ray
+def _ray(args: argparse.Namespace, log_to_driver: bool = True):
+    """The command's Ray (``--ray-address``; a new local instance by default): a user's error
+    raised inside (see ``_user_error``) ends it with one line, a bug with its traceback; a
+    local Ray is shut down, a joined cluster left running, either way."""
+    from sfpo_rllib.ray_session import LOCAL, ray_session, resolve_address
 
-    from sfpo_rllib.rllib_compat import local_ray_options
-
-    ray.init(num_cpus=num_cpus, configure_logging=False, log_to_driver=log_to_driver, **local_ray_options())
-    try:
-        yield
-    except Exception as err:
-        user_error = _user_error(err)
-        if user_error is None:
-            raise
-        _fail(str(user_error))
-    finally:
-        ray.shutdown()
+    with contextlib.ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(ray_session(args.ray_address, num_cpus=args.num_cpus,
+                                                      log_to_driver=log_to_driver))
+        except ValueError as err:
+            _fail(str(err))
+        if resolve_address(args.ray_address) != LOCAL:
+            print(f"Ray: joined the cluster at {cluster['address']} ({cluster['nodes']} node(s), "
+                  f"{cluster['cpus']:g} CPUs, {cluster['gpus']:g} GPUs)", file=sys.stderr)
+        try:
+            yield
+        except Exception as err:
+            user_error = _user_error(err)
+            if user_error is None:
+                raise
+            _fail(str(user_error))
 
 
 def _run_tuned_example(path: str) -> dict:
@@ -231,8 +245,19 @@ def _check_flags(args: argparse.Namespace) -> None:
                         ("--num-cpus", args.num_cpus)):
         if value is not None and value < 1:
             _fail(f"{flag} ({value}) must be >= 1.")
+    _check_ray_address(args)
     if args.allow_config_change and not args.resume:
         _fail("--allow-config-change only applies with --resume (a new run takes any settings).")
+
+
+def _check_ray_address(args: argparse.Namespace) -> None:
+    """--ray-address's form and --num-cpus's fit with it, before anything else runs."""
+    from sfpo_rllib.ray_session import check_address, init_options, resolve_address
+
+    try:
+        init_options(check_address(resolve_address(args.ray_address)), num_cpus=args.num_cpus)
+    except ValueError as err:
+        _fail(str(err))
 
 
 def train(args: argparse.Namespace) -> None:
@@ -254,7 +279,7 @@ def train(args: argparse.Namespace) -> None:
     except ValueError as err:
         _fail(str(err))
 
-    with _local_ray(args.num_cpus):
+    with _ray(args):
         last = run_training(
             config,
             stop_iters=stop_iters,
@@ -281,6 +306,9 @@ def compare(args: argparse.Namespace) -> None:
     iters = args.iters or file_stop_iters or 40
     if iters < 1:
         _fail(f"--iters ({iters}) must be >= 1.")
+    if args.num_cpus is not None and args.num_cpus < 1:
+        _fail(f"--num-cpus ({args.num_cpus}) must be >= 1.")
+    _check_ray_address(args)
     if args.target is not None and not 0.0 <= args.target <= 1.0:
         _fail(f"--target ({args.target}) must be an accuracy in [0, 1], e.g. 0.35.")
     try:
@@ -291,7 +319,7 @@ def compare(args: argparse.Namespace) -> None:
     except ValueError as err:
         _fail(str(err).split("\nTo suppress all validation errors")[0])
 
-    with _local_ray(args.num_cpus, log_to_driver=False):
+    with _ray(args, log_to_driver=False):
         comparing.compare(base, arms, seeds=seeds, iters=iters, output=args.output, baseline=args.baseline,
                           target=args.target, command="sfpo-rllib " + shlex.join(args.argv),
                           progress=not args.no_progress)

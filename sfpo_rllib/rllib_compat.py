@@ -84,6 +84,19 @@ def local_ray_options(lean: bool = True) -> dict[str, Any]:
     return options
 
 
+# ----- joining a running cluster ------------------------------------------------------------
+def find_ray_cluster(address: str) -> str:
+    """The HOST:PORT ``ray.init(address=address)`` would join: ``auto`` as Ray resolves it
+    (``RAY_ADDRESS``, else the last cluster ``ray start`` started on this machine), a host name
+    as an IP. Raises ConnectionError when ``auto`` finds none."""
+    from ray._private.services import canonicalize_bootstrap_address  # no public resolver
+
+    found = canonicalize_bootstrap_address(address)
+    if found is None:
+        raise ConnectionError(f"no Ray cluster for address {address!r}")
+    return found
+
+
 # ----- mixed precision (fp16) ------------------------------------------------------------
 def set_grad_scaler(learner, module_id: str, scaler) -> None:
     """Make RLlib's ``TorchLearner.apply_gradients`` step the optimizer through ``scaler``.

@@ -38,7 +38,7 @@ from typing import Any
 import ray
 from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 
-from sfpo_rllib import rllib_compat
+from sfpo_rllib import ray_session, rllib_compat
 from sfpo_rllib.run_logger import RunLogger
 from sfpo_rllib.sfpo import METRIC_FIELDS
 
@@ -67,10 +67,11 @@ CRASH_ENV = "SFPO_RLLIB_TEST_CRASH_AT"
 
 
 def check_resources(config) -> None:
-    """Fail fast instead of waiting forever for CPUs the cluster does not have."""
+    """Fail fast instead of waiting forever for CPUs or custom resources the cluster does not have."""
     per_learner = config.num_cpus_per_learner if config.num_cpus_per_learner != "auto" else 1
     need = config.num_env_runners * config.num_cpus_per_env_runner + config.num_learners * per_learner
-    have = ray.cluster_resources().get("CPU", 0)
+    cluster = ray.cluster_resources()
+    have = cluster.get("CPU", 0)
     if need > have:
         raise ValueError(
             f"The run asks for {need:g} CPUs ({config.num_env_runners} env runners x "
@@ -78,6 +79,17 @@ def check_resources(config) -> None:
             f"`num_cpus_per_learner`={per_learner}) but the Ray cluster has {have:g}. Lower those settings "
             "(fractions such as 0.5 are fine) or add nodes."
         )
+    for setting, wanted, count in (
+        ("custom_resources_per_env_runner", config.custom_resources_per_env_runner, config.num_env_runners),
+        ("custom_resources_per_learner", config.custom_resources_per_learner, config.num_learners),
+    ):
+        missing = [] if not count else sorted(name for name in (wanted or {}) if name not in cluster)
+        if missing:
+            raise ValueError(
+                f"`{setting}` asks for {', '.join(map(repr, missing))}, which no node of the Ray cluster has "
+                f"(it has {', '.join(sorted(n for n in cluster if not n.startswith('node:')))}). Start the nodes with `ray start "
+                "--resources='{...}'` and join them (--ray-address), or drop the setting."
+            )
 
 
 # ----- the output folder ------------------------------------------------------------------
@@ -408,6 +420,7 @@ def run_training(
                       "settings": record["settings"] if record else settings, "history": []}
     entry = {"event": "resume" if resume else "start", "iteration": record["iteration"] if restore_from else 0,
              "stop_iters": stop_iters, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    entry["ray"] = ray_session.describe()  # where it ran: the local instance or the cluster it joined
     if changes:
         entry["changed"] = {name: {"old": old, "new": new} for name, (old, new) in changes.items()}
     run_config["history"].append(entry)

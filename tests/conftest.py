@@ -72,6 +72,8 @@ TIERS = {
     "test_vllm_engine.py": "vllm",
     "test_real_model.py": "real_model",
     "test_model_fetch.py": "unit",
+    "test_ray_address.py": "unit",
+    "test_async_bound.py": "unit",
 }
 
 

@@ -116,3 +116,9 @@ def test_the_config_is_read_back_from_a_checkpoint_folder(tmp_path):
     Holder().save_to_path(str(tmp_path))
     back = rllib_compat.checkpoint_config(str(tmp_path))
     assert type(back) is SFPOConfig and back.lr == 3.5e-5 and back.fast_steps == 2
+
+
+def test_the_cluster_address_is_resolved_as_ray_init_would(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6390")
+    assert rllib_compat.find_ray_cluster("auto").endswith(":6390")  # RAY_ADDRESS first, as ray.init
+    assert rllib_compat.find_ray_cluster("localhost:6391").endswith(":6391")
