@@ -43,7 +43,7 @@ WRONG_VALUE = {
     "lora_rank": -1, "lora_alpha": 0, "lora_target_modules": [], "lora_dropout": 1.0,
     "lora_modules_to_save": [],
     "max_tokens_per_micro_batch": 0, "micro_batch_size": 0, "logp_chunk_tokens": 0, "mixed_precision": "fp8",
-    "learner_strategy": "zero3",
+    "learner_strategy": "zero3", "share_prompt_prefix": 1,
 }
 # Settings that are only checked where they apply: the others they need.
 NEEDS = {"lora_alpha": {"lora_rank": 4}, "lora_target_modules": {"lora_rank": 4}, "lora_dropout": {"lora_rank": 4},
