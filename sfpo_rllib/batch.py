@@ -11,6 +11,7 @@ single-learner loss, and num_learners=0 and num_learners=2 take the same steps.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -34,6 +35,15 @@ def pad_token_of(tokenizer) -> int:
     """The id that pads rows: the tokenizer's pad token, else its eos (safe: masks come from
     lengths, never from comparing ids with the pad id)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+@dataclass
+class BatchStats:
+    """The metrics of one iteration's training batch (before sharding)."""
+
+    completion_tokens: float  # before mask_truncated
+    completion_length_mean: float
+    groups_all_equal_reward: int  # groups whose advantages are all 0 (no learning signal)
 
 
 def build_learner_batches(
@@ -95,11 +105,9 @@ def build_learner_batches(
         )
         shard = SampleBatch({k: v[rows] for k, v in columns.items()})
         batches.append(MultiAgentBatch({DEFAULT_MODULE_ID: shard}, env_steps=len(rows)))
-    stats = {
-        "completion_tokens": float(lengths.sum()),
-        "completion_length_mean": float(lengths.mean()),
-        "groups_all_equal_reward": int(
-            (rewards.reshape(-1, group_size).std(axis=1) == 0).sum()
-        ),
-    }
-    return batches, stats
+    stats = BatchStats(
+        completion_tokens=float(lengths.sum()),
+        completion_length_mean=float(lengths.mean()),
+        groups_all_equal_reward=int((rewards.reshape(-1, group_size).std(axis=1) == 0).sum()),
+    )
+    return batches, asdict(stats)

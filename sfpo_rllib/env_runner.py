@@ -31,6 +31,7 @@ from sfpo_rllib.columns import Rollout
 from sfpo_rllib.engines import SamplingParams
 from sfpo_rllib.engines.factory import make_engine
 from sfpo_rllib.env_factory import make_env
+from sfpo_rllib.results import RunnerResult
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
                            self.config.env, len(failed), *failed[0])
         return verdicts
 
-    def sample(self, *, indices: Sequence[int] = (), seed: int = 0, **kwargs) -> dict[str, Any]:
+    def sample(self, *, indices: Sequence[int] = (), seed: int = 0, **kwargs) -> RunnerResult:
         """G completions for each prompt index; returns one ``Rollout`` per completion."""
         g = self.config.group_size
         prompts, completions, verdicts, expanded, t_gen, t_verify = self._rollout(self.train_task, indices, g, seed)
@@ -227,12 +228,12 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
             for row, (completion, verdict, index) in enumerate(zip(completions, verdicts, expanded))
         ]
         self.num_env_steps_sampled_lifetime += len(records)
-        return {
-            "records": records,
-            "time_generate_s": t_gen,
-            "time_verify_s": t_verify,
-            "time_weight_sync_s": self.time_weight_sync_s,  # the sync these rollouts were sampled after
-        }
+        return RunnerResult(
+            records=records,
+            time_generate_s=t_gen,
+            time_verify_s=t_verify,
+            time_weight_sync_s=self.time_weight_sync_s,  # the sync these rollouts were sampled after
+        )
 
     def evaluate(self, *, indices: Sequence[int], samples_per_problem: int, seed: int) -> dict[str, Any]:
         """Per-problem correct counts on the held-out split at the training temperature."""

@@ -430,7 +430,7 @@ def run_training(
 
         last: dict[str, Any] = {}
         if start == 0 and config.test_interval:  # iteration 0: the starting model
-            log.log({"iteration": 0, "rollouts": 0, **algo.run_test(iteration=0)})
+            log.log({"iteration": 0, "rollouts": 0, **algo.run_test(iteration=0), "time_unix": time.time()})
         bar = tqdm(range(start + 1, stop_iters + 1), initial=start, total=stop_iters, disable=not progress, unit="it")
         for s in bar:
             algo.test_due = s == stop_iters  # always measure the final model
