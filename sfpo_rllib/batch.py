@@ -28,7 +28,7 @@ from sfpo_rllib.columns import (
 )
 from sfpo_rllib.losses import group_advantages
 # The row layout and micro-batching are pure numpy/PyTorch (rows.py); imported from here too.
-from sfpo_rllib.rows import RowTooLongError, check_row_lengths, cut_micro_batches, pad_rows, plan_micro_batches  # noqa: F401
+from sfpo_rllib.rows import RowTooLongError, cut_micro_batches, pad_rows, plan_micro_batches  # noqa: F401
 
 
 def pad_token_of(tokenizer) -> int:
@@ -56,18 +56,14 @@ def build_learner_batches(
     advantage_estimator: str = "grpo",
     advantage_std_norm: bool = True,
     mask_truncated: bool = False,
-    max_tokens_per_micro_batch: int | None = None,
 ) -> tuple[list[MultiAgentBatch], dict[str, Any]]:
     """Rollouts (groups of ``group_size`` consecutive completions) -> one batch per learner.
 
     ``mask_truncated`` zeroes the completion mask of completions that did not stop
     (``Rollout.stopped`` False): they leave the loss, its token counts and the entropy.
-    A rollout longer than ``max_tokens_per_micro_batch`` is a ``RowTooLongError`` here, on
-    the driver, before any learner sees it.
+    Row lengths against ``max_tokens_per_micro_batch`` are checked where micro-batches are
+    cut (rows.plan_micro_batches, on the learner, before its first forward).
     """
-    if max_tokens_per_micro_batch is not None:
-        check_row_lengths([len(r.prompt_ids) for r in records], [len(r.completion_ids) for r in records],
-                          max_tokens_per_micro_batch, where="this iteration's rollouts")
     n = len(records)
     world = max(1, num_learners)
     global_mb = minibatch_size_per_learner * world

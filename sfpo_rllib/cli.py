@@ -36,7 +36,6 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     from sfpo_rllib import ALGORITHMS  # already imported with the package
-    from sfpo_rllib.engines.factory import ROLLOUT_ENGINES
 
     parser = _Parser(prog="sfpo-rllib", description="SFPO / GRPO for LLMs on Ray RLlib.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +74,8 @@ def _add_models_parser(sub) -> None:
 
 
 def _add_evaluate_parser(sub) -> None:
+    from sfpo_rllib.engines.factory import ROLLOUT_ENGINES
+
     ev = sub.add_parser("evaluate", help="avg@n and pass@k of a model or a run's checkpoints on held-out problems")
     what = ev.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", help="a final_model/ folder or any local Hugging Face causal-LM checkpoint")

@@ -19,7 +19,7 @@ import json
 import os
 import re
 import time
-from typing import Any, Sequence
+from typing import Any
 
 from sfpo_rllib.model_cache import TINY_MODEL_NAME
 from sfpo_rllib.scoring import ks_for, pass_at_k, score_counts  # noqa: F401  (evaluate's API)

@@ -351,7 +351,6 @@ class SFPO(Algorithm):
                 advantage_estimator=c.advantage_estimator,
                 advantage_std_norm=c.advantage_std_norm,
                 mask_truncated=c.mask_truncated,
-                max_tokens_per_micro_batch=c.max_tokens_per_micro_batch,
             )
             results = self._update_learners(
                 batches,
