@@ -114,8 +114,9 @@ def test_bad_input_from_the_shell_prints_no_traceback():
 
 
 def test_a_row_longer_than_the_micro_batch_budget_is_one_line(tmp_path, capsys):
-    """Without max_prompt_tokens the config cannot know the rows' lengths: the driver finds
-    the row before the (remote) learner gets it, and the CLI reports one line, exit code 2."""
+    """Without max_prompt_tokens the config cannot know the rows' lengths: the (remote)
+    learner finds the row where it cuts micro-batches, before its first forward, and the CLI
+    reports one line, exit code 2."""
     settings = dict(SMALL, max_new_tokens=8, max_tokens_per_micro_batch=9, test_interval=0, num_learners=1)
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--env", "sfpo/Arithmetic-v0", "--config", json.dumps(settings), "--stop-iters", "1",
@@ -125,7 +126,7 @@ def test_a_row_longer_than_the_micro_batch_budget_is_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert len(errors) == 1 and "Traceback" not in err and "RowTooLongError" not in err, err
     assert errors[0].startswith("sfpo-rllib: error: `max_tokens_per_micro_batch` (9) is smaller than row"), errors
-    assert "this iteration's rollouts" in errors[0] and "at least" in errors[0], errors
+    assert "of minibatch 0" in errors[0] and "at least" in errors[0], errors
 
 
 def test_a_user_error_raised_in_a_remote_learner_is_unwrapped_for_the_one_line_report():
