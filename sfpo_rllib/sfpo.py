@@ -414,7 +414,7 @@ class SFPO(Algorithm):
             **asdict(stats),
             **{name: learned[name] for name in row_fields(LearnerResult)},
             **batch_stats,
-            **batch.sampling_stats,
+            **asdict(SamplingStats(**batch.sampling_stats)),  # null without filter_groups
             **asdict(lag),
             **(test or dict.fromkeys(TEST_FIELDS)),
         }
