@@ -244,7 +244,10 @@ class SFPOTorchLearner(TorchLearner):
         entropy_sum = sum(float((micro[OLD_ENTROPY] * micro[COMPLETION_MASK]).sum()) for micro in micro_batches)
         num_tokens = sum(float(micro[COMPLETION_MASK].sum()) for micro in micro_batches)
         gap_sum, gap_max = minibatches_gap(micro_batches, OLD_LOGP, ROLLOUT_LOGP, COMPLETION_MASK)
-        weight_sum, weights_truncated = behaviour_weight_sums(micro_batches, OLD_LOGP, ROLLOUT_LOGP, COMPLETION_MASK, self.config.tis_cap)
+        weight_sum, weights_truncated = None, None  # the decoupled loss's behaviour weights: lag 1 only
+        if self.config.rollout_lag:
+            weight_sum, weights_truncated = behaviour_weight_sums(
+                micro_batches, OLD_LOGP, ROLLOUT_LOGP, COMPLETION_MASK, self.config.tis_cap)
         if self._fsdp():
             self._gather_full_state()
 
