@@ -121,7 +121,7 @@ def run_one(model: str, path: str, completions: int, length: int) -> dict:
     return {
         "path": path, "completions": completions, "length": length, "tokens": tokens,
         "peak_rss_mib": peak, "iter_mib": peak - rss_before, "update_tok_s": tokens / (t1 - t0),
-        "padding_efficiency": out["padding_efficiency"], "micro_batches": out["micro_batches"],
+        "padding_efficiency": out.real_tokens / max(1.0, out.computed_tokens), "micro_batches": out.micro_batches,
     }
 
 

@@ -124,8 +124,8 @@ def one_learner_row(model: str, lora: bool, checkpointing: bool, budget: int, pr
     base = learner._policy().lm
     base = base.get_base_model() if lora else base
     return {"seconds": seconds, "tokens": sum(p + c for p, c in rows), "peak_bytes": mem.peak_bytes,
-            "micro_batches": out["sfpo"]["micro_batches"], "flops": step_flops(Shape.of(base.config), rows, lora),
-            "padding_efficiency": out["sfpo"]["padding_efficiency"]}
+            "micro_batches": out["sfpo"].micro_batches, "flops": step_flops(Shape.of(base.config), rows, lora),
+            "padding_efficiency": out["sfpo"].real_tokens / max(1.0, out["sfpo"].computed_tokens)}
 
 
 def one_ratio_row(model: str, budget: int, prompts: int, length: int, repeats: int) -> dict:

@@ -11,6 +11,7 @@ single-learner loss, and num_learners=0 and num_learners=2 take the same steps.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,13 +28,22 @@ from sfpo_rllib.columns import (
 )
 from sfpo_rllib.losses import group_advantages
 # The row layout and micro-batching are pure numpy/PyTorch (rows.py); imported from here too.
-from sfpo_rllib.rows import RowTooLongError, check_row_lengths, cut_micro_batches, pad_rows, plan_micro_batches  # noqa: F401
+from sfpo_rllib.rows import RowTooLongError, cut_micro_batches, pad_rows, plan_micro_batches  # noqa: F401
 
 
 def pad_token_of(tokenizer) -> int:
     """The id that pads rows: the tokenizer's pad token, else its eos (safe: masks come from
     lengths, never from comparing ids with the pad id)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+@dataclass
+class BatchStats:
+    """The metrics of one iteration's training batch (before sharding)."""
+
+    completion_tokens: float  # before mask_truncated
+    completion_length_mean: float
+    groups_all_equal_reward: int  # groups whose advantages are all 0 (no learning signal)
 
 
 def build_learner_batches(
@@ -46,18 +56,14 @@ def build_learner_batches(
     advantage_estimator: str = "grpo",
     advantage_std_norm: bool = True,
     mask_truncated: bool = False,
-    max_tokens_per_micro_batch: int | None = None,
 ) -> tuple[list[MultiAgentBatch], dict[str, Any]]:
     """Rollouts (groups of ``group_size`` consecutive completions) -> one batch per learner.
 
     ``mask_truncated`` zeroes the completion mask of completions that did not stop
     (``Rollout.stopped`` False): they leave the loss, its token counts and the entropy.
-    A rollout longer than ``max_tokens_per_micro_batch`` is a ``RowTooLongError`` here, on
-    the driver, before any learner sees it.
+    Row lengths against ``max_tokens_per_micro_batch`` are checked where micro-batches are
+    cut (rows.plan_micro_batches, on the learner, before its first forward).
     """
-    if max_tokens_per_micro_batch is not None:
-        check_row_lengths([len(r.prompt_ids) for r in records], [len(r.completion_ids) for r in records],
-                          max_tokens_per_micro_batch, where="this iteration's rollouts")
     n = len(records)
     world = max(1, num_learners)
     global_mb = minibatch_size_per_learner * world
@@ -95,11 +101,9 @@ def build_learner_batches(
         )
         shard = SampleBatch({k: v[rows] for k, v in columns.items()})
         batches.append(MultiAgentBatch({DEFAULT_MODULE_ID: shard}, env_steps=len(rows)))
-    stats = {
-        "completion_tokens": float(lengths.sum()),
-        "completion_length_mean": float(lengths.mean()),
-        "groups_all_equal_reward": int(
-            (rewards.reshape(-1, group_size).std(axis=1) == 0).sum()
-        ),
-    }
-    return batches, stats
+    stats = BatchStats(
+        completion_tokens=float(lengths.sum()),
+        completion_length_mean=float(lengths.mean()),
+        groups_all_equal_reward=int((rewards.reshape(-1, group_size).std(axis=1) == 0).sum()),
+    )
+    return batches, asdict(stats)

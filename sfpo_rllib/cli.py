@@ -36,12 +36,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from sfpo_rllib import ALGORITHMS  # already imported with the package
+
     parser = _Parser(prog="sfpo-rllib", description="SFPO / GRPO for LLMs on Ray RLlib.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a policy (from flags, or from a tuned-example file)")
     train.add_argument("source", nargs="?", choices=["file"], help="'file PATH' to start from a tuned example")
     train.add_argument("path", nargs="?", help="the tuned-example file (after 'file')")
-    train.add_argument("--algo", choices=["SFPO", "GRPO"], help="algorithm (default SFPO, or the file's)")
+    train.add_argument("--algo", choices=list(ALGORITHMS), help="algorithm (default SFPO, or the file's)")
     train.add_argument("--env", help="gymnasium id, e.g. sfpo/Arithmetic-v0 or your_pkg:Your/Id-v0")
     train.add_argument("--config", default="{}", help="JSON object of settings, e.g. '{\"lr\": 1e-4}'")
     train.add_argument("--stop-iters", type=int, help="number of training iterations (default: the file's, else 100)")
@@ -80,6 +82,8 @@ def _add_models_parser(sub) -> None:
 
 
 def _add_evaluate_parser(sub) -> None:
+    from sfpo_rllib.engines.factory import ROLLOUT_ENGINES
+
     ev = sub.add_parser("evaluate", help="avg@n and pass@k of a model or a run's checkpoints on held-out problems")
     what = ev.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", help="a final_model/ folder or any local Hugging Face causal-LM checkpoint")
@@ -94,7 +98,7 @@ def _add_evaluate_parser(sub) -> None:
     ev.add_argument("--top-p", type=float, help="nucleus sampling (default 0.7 as the SFPO authors validate, or the run's)")
     ev.add_argument("--top-k", type=int, help="top-k sampling, 0 = off (default: the run's, else 0)")
     ev.add_argument("--max-new-tokens", type=int, help="longest completion (default: the run's, else 2560)")
-    ev.add_argument("--engine", choices=["hf", "vllm"], help="rollout engine (default hf, or the run's)")
+    ev.add_argument("--engine", choices=list(ROLLOUT_ENGINES), help="rollout engine (default hf, or the run's)")
     ev.add_argument("--num-problems", type=int, help="only the first N problems of each benchmark")
     ev.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     ev.add_argument("--config", default="{}", help="JSON of further settings, e.g. '{\"model_dtype\": \"bfloat16\"}'")

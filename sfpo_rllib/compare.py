@@ -138,7 +138,9 @@ def run_curve(rows: list[dict]) -> list[dict]:
     points, seconds = [], 0.0
     for row in sorted(rows, key=lambda r: r["iteration"]):
         if row["iteration"] > 0:
-            seconds += (row.get("time_iteration_s") or 0.0) - (row.get("time_test_s") or 0.0)
+            seconds += row.get("time_iteration_s") or 0.0  # the held-out test is not in it
+            if "time_unix" not in row:  # rows written before time_iteration_s left the test out
+                seconds -= row.get("time_test_s") or 0.0
         if row.get("test_accuracy") is not None:
             points.append({"iteration": row["iteration"], "rollouts": row["rollouts"], "seconds": seconds,
                            "accuracy": row["test_accuracy"], "pass_at_k": row.get("test_pass_at_k")})

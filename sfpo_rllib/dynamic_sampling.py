@@ -15,6 +15,7 @@ changes silently, and both fills are reported.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -62,6 +63,17 @@ def is_informative(group: Records) -> bool:
     return len({r.reward for r in group}) > 1
 
 
+@dataclass
+class SamplingStats:
+    """Dynamic sampling's metrics (filter_groups=True; the row's fields are null otherwise)."""
+
+    sampling_rounds: int | None = None  # rounds sampled, the first included
+    groups_sampled: int | None = None
+    groups_dropped: int | None = None  # uninformative groups left out
+    groups_repeated: int | None = None  # informative groups used twice to fill the batch
+    groups_uninformative: int | None = None  # uninformative groups trained on (none was informative)
+
+
 def collect_batch(
     sample_round: Callable[[int], Records], config, *, num_groups: int
 ) -> tuple[Records, Records, dict[str, Any]]:
@@ -93,12 +105,8 @@ def collect_batch(
         elif informative < num_groups:
             repeated = num_groups - informative
             kept = [kept[i % informative] for i in range(num_groups)]
-        stats = {
-            "sampling_rounds": rounds,
-            "groups_sampled": len(sampled) // g,
-            "groups_dropped": len(dropped),
-            "groups_repeated": repeated,
-            "groups_uninformative": uninformative,
-        }
+        stats = asdict(SamplingStats(sampling_rounds=rounds, groups_sampled=len(sampled) // g,
+                                     groups_dropped=len(dropped), groups_repeated=repeated,
+                                     groups_uninformative=uninformative))
     train = [r for group in kept[:num_groups] for r in group]
     return train, sampled, stats

@@ -16,6 +16,7 @@ import gymnasium as gym
 
 import sfpo_envs  # noqa: F401  (registers the sfpo/... ids)
 from sfpo_envs.base import DatasetEnv
+from sfpo_rllib.text_task import TextTask
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +73,9 @@ def _make_checked(env_id: str, env_config: Mapping[str, Any], setting: str, **ov
 
 
 def _prompts(env: gym.Env) -> list[str]:
-    base = env.unwrapped
-    if hasattr(base, "prompt"):
-        return [base.prompt(i) for i in range(len(base))]
-    return [env.reset(options={"index": i})[0] for i in range(len(base))]
+    """Every prompt as the env runner gives it to the policy (text_task.TextTask)."""
+    task = TextTask(env)
+    return [task.prompt(i)[0] for i in range(len(task))]
 
 
 # Setting test_env_config replaces its default {"split": "test"}: adding e.g. a `size` drops the split.

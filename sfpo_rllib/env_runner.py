@@ -11,11 +11,9 @@ rollouts as an uninterrupted one.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
-import gymnasium as gym
 import ray
 import torch
 from ray.rllib.core import COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
@@ -31,78 +29,14 @@ from sfpo_rllib.columns import Rollout
 from sfpo_rllib.engines import SamplingParams
 from sfpo_rllib.engines.factory import make_engine
 from sfpo_rllib.env_factory import make_env
+from sfpo_rllib.results import RunnerResult
+from sfpo_rllib.text_task import TextTask
 
 logger = logging.getLogger(__name__)
 
 
 class RewardError(ValueError):
     """A verifier raised, or returned something that is not a finite number."""
-
-
-class TextTask:
-    """Prompt and score by example index, over our env contract or plain reset/step."""
-
-    def __init__(self, env: gym.Env):
-        self.env = env
-        self.base = env.unwrapped
-        if not hasattr(self.base, "__len__"):
-            raise TypeError(
-                f"Environment {type(self.base).__name__} has no __len__: the trainer draws "
-                "problems by index. Subclass sfpo_envs.VerifierEnv (or RewardFnEnv)."
-            )
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def prompt(self, index: int) -> tuple[str, list[dict]]:
-        text, info = self.env.reset(options={"index": index})
-        return text, info.get("messages") or [{"role": "user", "content": text}]
-
-    def _score(self, completions: Sequence[str], indices: Sequence[int]) -> list[Verdict]:
-        if hasattr(self.base, "score"):  # batched (the code verifier runs a pool)
-            return list(self.base.score(completions, indices))
-        out = []
-        for completion, index in zip(completions, indices):  # a plain gymnasium env: reset/step
-            self.env.reset(options={"index": index})
-            _, reward, _, _, info = self.env.step(completion)
-            out.append(_StepResult(reward, dict(info or {})))
-        return out
-
-    def score(self, completions: Sequence[str], indices: Sequence[int]) -> list[Verdict]:
-        """The environment's verdict per completion; where the verifier failed, a verdict of
-        reward 0 with ``info["reward_error"]`` saying why (``Rollout.reward_error``)."""
-        try:
-            scored = self._score(completions, indices)
-        except Exception:  # the verifier is user code: find which example(s) it fails on
-            scored = []
-            for completion, index in zip(completions, indices):
-                try:
-                    scored.extend(self._score([completion], [index]))
-                except Exception as err:
-                    scored.append(_failed(f"{type(err).__name__}: {err}"))
-        out = []
-        for verdict in scored:
-            reward = verdict.reward
-            if "reward_error" in verdict.info:
-                out.append(_failed(verdict.info["reward_error"], verdict.info))
-            elif isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
-                out.append(_failed(f"returned reward {reward!r:.60}, not a finite number"))
-            elif isinstance(verdict, _StepResult):
-                out.append(Verdict.from_reward(float(reward), verdict.info))
-            else:
-                out.append(verdict)
-        return out
-
-
-class _StepResult(NamedTuple):
-    """``step()``'s reward and info, before the reward is checked."""
-
-    reward: Any
-    info: dict
-
-
-def _failed(why: str, info: dict | None = None) -> Verdict:
-    return Verdict(reward=0.0, correct=False, info={**(info or {}), "reward_error": why})
 
 
 class SFPOEnvRunner(EnvRunner, Checkpointable):
@@ -211,7 +145,7 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
                            self.config.env, len(failed), *failed[0])
         return verdicts
 
-    def sample(self, *, indices: Sequence[int] = (), seed: int = 0, **kwargs) -> dict[str, Any]:
+    def sample(self, *, indices: Sequence[int] = (), seed: int = 0, **kwargs) -> RunnerResult:
         """G completions for each prompt index; returns one ``Rollout`` per completion."""
         g = self.config.group_size
         prompts, completions, verdicts, expanded, t_gen, t_verify = self._rollout(self.train_task, indices, g, seed)
@@ -227,12 +161,12 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
             for row, (completion, verdict, index) in enumerate(zip(completions, verdicts, expanded))
         ]
         self.num_env_steps_sampled_lifetime += len(records)
-        return {
-            "records": records,
-            "time_generate_s": t_gen,
-            "time_verify_s": t_verify,
-            "time_weight_sync_s": self.time_weight_sync_s,  # the sync these rollouts were sampled after
-        }
+        return RunnerResult(
+            records=records,
+            time_generate_s=t_gen,
+            time_verify_s=t_verify,
+            time_weight_sync_s=self.time_weight_sync_s,  # the sync these rollouts were sampled after
+        )
 
     def evaluate(self, *, indices: Sequence[int], samples_per_problem: int, seed: int) -> dict[str, Any]:
         """Per-problem correct counts on the held-out split at the training temperature."""

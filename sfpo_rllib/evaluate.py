@@ -9,10 +9,7 @@ Generation and scoring go through the trainer's own env runner (``SFPOEnvRunner.
 the same prompts, chat template, engine and verifier as the held-out test during
 training), so a number here means what ``test_accuracy`` means in ``metrics.jsonl``.
 
-Metrics, for n samples per problem and c correct among them:
-  avg@n   mean over problems of c / n (the SFPO paper's "pass@1"; ``test_accuracy``)
-  pass@k  mean over problems of 1 - C(n-c, k) / C(n, k), the unbiased estimator of the
-          chance that at least one of k samples is correct (Chen et al. 2021), k <= n.
+Metrics: avg@n and unbiased pass@k (scoring.py, the same code as the held-out test).
 """
 
 from __future__ import annotations
@@ -22,10 +19,10 @@ import json
 import os
 import re
 import time
-from math import comb
-from typing import Any, Sequence
+from typing import Any
 
 from sfpo_rllib.model_cache import TINY_MODEL_NAME
+from sfpo_rllib.scoring import ks_for, pass_at_k, score_counts  # noqa: F401  (evaluate's API)
 from sfpo_rllib.models import PRETRAINED_MODELS
 
 # Benchmark name -> (file in --benchmarks-dir, environment, prompt template). The files are
@@ -44,29 +41,6 @@ BENCHMARKS = {
 # The SFPO authors' validation protocol, the default for a model given by --model.
 DEFAULT_PROTOCOL = {"n": 4, "temperature": 1.0, "top_p": 0.7}
 _CHECKPOINT_RE = re.compile(r"^iteration_(\d+)$")
-
-
-# ----- the estimators ---------------------------------------------------------------------
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k of one problem with c correct out of n samples (1 - C(n-c,k)/C(n,k))."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}.")
-    return 1.0 if n - c < k else 1.0 - comb(n - c, k) / comb(n, k)
-
-
-def ks_for(n: int) -> list[int]:
-    """The k reported for n samples: powers of two below n, and n."""
-    return sorted({k for k in (2**i for i in range(n.bit_length())) if k <= n} | {n})
-
-
-def score_counts(correct: Sequence[int], n: int) -> dict[str, float]:
-    """avg@n and pass@k (k in ks_for(n)) over problems with these correct counts."""
-    if not correct:
-        raise ValueError("No problems were evaluated.")
-    out = {f"avg@{n}": sum(correct) / (len(correct) * n)}
-    for k in ks_for(n):
-        out[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in correct) / len(correct)
-    return out
 
 
 # ----- what to evaluate -------------------------------------------------------------------

@@ -29,27 +29,28 @@ def rollout_logp_gap(
     return float(gap.sum()), float(gap.max())
 
 
-def minibatches_gap(batches, old_key: str, rollout_key: str, mask_key: str) -> dict[str, float]:
-    """The learner's ``sfpo`` stats over all (micro-)batches of its shard."""
+def minibatches_gap(batches, old_key: str, rollout_key: str, mask_key: str) -> tuple[float | None, float | None]:
+    """The learner's gap fields (results.LearnerResult) over all (micro-)batches of its shard:
+    (sum, max) (the sum is TOKEN_MEAN: the driver divides by all learners' tokens)."""
     total, worst = 0.0, 0.0
     for mb in batches:
         if rollout_key not in mb:  # the engine reported no log-probs: nothing to compare
-            return {"rollout_logp_diff_sum": None, "rollout_logp_diff_max": None}
+            return None, None
         s, m = rollout_logp_gap(mb[old_key], mb[rollout_key], mb[mask_key])
         total, worst = total + s, max(worst, m)
-    return {"rollout_logp_diff_sum": total, "rollout_logp_diff_max": worst}
+    return total, worst
 
 
-def behaviour_weight_sums(batches, old_key: str, rollout_key: str, mask_key: str, cap: float | None) -> dict:
-    """The learner's ``sfpo`` stats of the decoupled loss's behaviour weights over its shard:
-    the sum of min(π_θ⁰ / π_rollout, cap) and the number of tokens where the cap binds (None
-    without a cap or without engine log-probs). Sums, so learners combine exactly."""
+def behaviour_weight_sums(batches, old_key: str, rollout_key: str, mask_key: str, cap: float | None) -> tuple:
+    """The learner's behaviour-weight fields (results.LearnerResult) over its shard: (the sum of
+    min(π_θ⁰ / π_rollout, cap), the number of tokens where the cap binds) (None without a cap
+    or without engine log-probs). Sums (TOKEN_MEAN), so learners combine exactly."""
     if cap is None or any(rollout_key not in mb for mb in batches):
-        return {"behaviour_weight_sum": None, "behaviour_weights_truncated": None}
+        return None, None
     total, truncated = 0.0, 0.0
     for mb in batches:
         mask = mb[mask_key]
         raw = torch.exp(mb[old_key].float() - mb[rollout_key].float())
         total += float((truncated_is_weights(mb[old_key], mb[rollout_key], cap) * mask).sum())
         truncated += float(((raw > cap).float() * mask).sum())
-    return {"behaviour_weight_sum": total, "behaviour_weights_truncated": truncated}
+    return total, truncated

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -41,13 +41,14 @@ from ray.rllib.utils import force_list
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import LEARNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-from sfpo_rllib.batch import build_learner_batches, pad_token_of
+from sfpo_rllib.batch import BatchStats, build_learner_batches, pad_token_of
 from sfpo_rllib.columns import Rollout
-from sfpo_rllib.dynamic_sampling import collect_batch, extra_round_prompts
+from sfpo_rllib.dynamic_sampling import SamplingStats, collect_batch, extra_round_prompts
 from sfpo_rllib.entropy_trigger import EntropyTrigger
 from sfpo_rllib.env_factory import check_held_out_data
+from sfpo_rllib.results import LearnerResult, combine, row_fields
+from sfpo_rllib.scoring import held_out_scores
 from sfpo_rllib.sfpo_config import SFPOConfig
-from sfpo_rllib.sfpo_torch_learner import PASS_DIAGNOSTICS
 
 SFPO_STATE = "sfpo"
 # Runner state is not saved: their weights are the learners', synced on restore.
@@ -56,51 +57,67 @@ RUNNER_COMPONENTS = [
 ]
 METRICS = "sfpo"  # results["sfpo"][name]: the per-iteration scalars of metrics.jsonl
 
-# The held-out test's fields (null on iterations without a test).
-TEST_FIELDS = (
-    "test_accuracy", "test_pass_at_k", "test_problems", "test_reward_errors", "test_overlap_problems", "time_test_s",
-)
-# Dynamic sampling's fields (filter_groups=True; null otherwise).
-SAMPLING_FIELDS = ("sampling_rounds", "groups_sampled", "groups_dropped", "groups_repeated", "groups_uninformative")
-# One-step-off rollouts (rollout_lag=1; null with lag 0): learner updates between the weights
-# that generated the batch and the learner's θ⁰, seconds the update and the next batch's
-# generation ran together, and the decoupled loss's behaviour weights min(π_θ⁰/π_behaviour, cap).
-ASYNC_FIELDS = ("policy_lag", "time_overlap_s", "behaviour_weight_mean", "behaviour_weight_truncated_fraction")
-# Learner loss diagnostics, per stage: fast_* (mean over the K fast passes, null when
-# there is no fast stage) and slow_* (the slow pass; GRPO's only pass).
-DIAGNOSTIC_FIELDS = tuple(f"{stage}_{name}" for stage in ("fast", "slow") for name in PASS_DIAGNOSTICS)
-# Every field of a metrics.jsonl row, in one place; a row gets null where a field is
-# undefined (e.g. entropy_z while the window fills, training fields in iteration 0).
+
+
+@dataclass
+class HeldOutResult:
+    """The held-out test (``run_test``; the row's fields are null on iterations without one)."""
+
+    test_accuracy: float  # mean over samples per problem (avg@k, the paper's pass@1)
+    test_pass_at_k: float  # unbiased pass@k, k = test_samples_per_problem (evaluate.pass_at_k)
+    test_problems: int
+    test_reward_errors: int
+    test_overlap_problems: int  # held-out problems that are training problems too
+    time_test_s: float  # not part of time_iteration_s
+
+
+@dataclass
+class AsyncStats:
+    """One-step-off rollouts (rollout_lag=1; null with lag 0): learner updates between the weights
+    that generated the batch and the learner's θ⁰, and seconds the update and the next batch's
+    generation ran together. (The behaviour weights are the learners': LearnerResult.)"""
+
+    policy_lag: int | None = None
+    time_overlap_s: float | None = None
+
+
+@dataclass
+class IterationStats:
+    """The driver's own fields of a metrics row."""
+
+    iteration: int
+    time_unix: float | None = None  # wall clock (seconds since 1970) when the row was made
+    rollouts: int | None = None  # completions sampled so far
+    reward_mean: float | None = None  # of everything sampled, not only what was kept
+    train_accuracy: float | None = None
+    alpha: float | None = None
+    fast_steps: int | None = None
+    entropy_z: float | None = None  # null while the trigger's window fills
+    switch_off_iteration: int | None = None
+    padding_efficiency: float | None = None  # real tokens / computed tokens over the learners' micro-batches
+    truncated_fraction: float | None = None
+    verifier_timeouts: int | None = None
+    reward_errors: int | None = None
+    overlong_penalty_mean: float | None = None  # null without overlong_buffer
+    time_rollout_s: float | None = None
+    time_generate_s: float | None = None
+    time_verify_s: float | None = None
+    time_update_s: float | None = None
+    time_sync_s: float | None = None
+    time_weight_sync_s: float | None = None
+    time_iteration_s: float | None = None  # the iteration without the held-out test (time_test_s)
+
+
+# The row's fields by source, and every field of a metrics.jsonl row in one tuple; a row gets
+# null where a field is undefined (e.g. entropy_z while the window fills, training fields in
+# iteration 0).
+TEST_FIELDS = row_fields(HeldOutResult)
+SAMPLING_FIELDS = row_fields(SamplingStats)
+ASYNC_FIELDS = (*row_fields(AsyncStats), *(f for f in row_fields(LearnerResult) if f.startswith("behaviour_")))
 METRIC_FIELDS = (
-    "iteration", "rollouts", "reward_mean", "train_accuracy", "alpha", "fast_steps",
-    "entropy", "entropy_z", "switch_off_iteration", "reposition_distance", "optimizer_steps",
-    "completion_tokens", "completion_length_mean", "truncated_fraction", "groups_all_equal_reward",
-    "verifier_timeouts", "reward_errors", "overlong_penalty_mean", "padding_efficiency", *SAMPLING_FIELDS,
-    "rollout_logp_diff", "rollout_logp_diff_max",
-    *DIAGNOSTIC_FIELDS, *TEST_FIELDS, *ASYNC_FIELDS,
-    "time_rollout_s", "time_generate_s", "time_verify_s", "time_update_s", "time_sync_s", "time_weight_sync_s",
-    "time_iteration_s",
+    *row_fields(IterationStats), *row_fields(LearnerResult), *row_fields(BatchStats), *SAMPLING_FIELDS,
+    *TEST_FIELDS, *row_fields(AsyncStats),
 )
-
-
-def _rollout_agreement(stats: list[dict], num_tokens: float) -> dict[str, float | None]:
-    """Mean and max |log π_engine − log π_θ⁰| over all learners' tokens (null without engine log-probs)."""
-    if any(x["rollout_logp_diff_sum"] is None for x in stats):
-        return {"rollout_logp_diff": None, "rollout_logp_diff_max": None}
-    return {
-        "rollout_logp_diff": sum(x["rollout_logp_diff_sum"] for x in stats) / num_tokens,
-        "rollout_logp_diff_max": max(x["rollout_logp_diff_max"] for x in stats),
-    }
-
-
-def _behaviour_weights(stats: list[dict], num_tokens: float) -> dict[str, float | None]:
-    """Mean truncated behaviour weight and the fraction of tokens where ``tis_cap`` binds."""
-    if any(x["behaviour_weight_sum"] is None for x in stats):
-        return {"behaviour_weight_mean": None, "behaviour_weight_truncated_fraction": None}
-    return {
-        "behaviour_weight_mean": sum(x["behaviour_weight_sum"] for x in stats) / num_tokens,
-        "behaviour_weight_truncated_fraction": sum(x["behaviour_weights_truncated"] for x in stats) / num_tokens,
-    }
 
 
 def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -126,16 +143,6 @@ class GeneratedBatch:
 
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-def _pass_diagnostics(stats: list[dict]) -> dict[str, float | None]:
-    """Per-stage loss diagnostics, averaged over learners (null where a stage did not run)."""
-    out = dict.fromkeys(DIAGNOSTIC_FIELDS)
-    for stage in ("fast", "slow"):
-        per_learner = [x["diagnostics"][stage] for x in stats]
-        for name in per_learner[0]:
-            out[f"{stage}_{name}"] = float(np.mean([d[name] for d in per_learner if name in d]))
-    return out
 
 
 class SFPO(Algorithm):
@@ -282,10 +289,11 @@ class SFPO(Algorithm):
                 ),
                 np.array_split(indices, self._num_runners()),
             )
-            time_verify.append(max(sample["time_verify_s"] for sample in out))
-            time_generate.append(max(sample["time_generate_s"] for sample in out))
-            time_weight_sync.append(max(sample["time_weight_sync_s"] for sample in out))
-            return [r for sample in out for r in sample["records"]]
+            round_ = combine(out)  # results.RunnerResult's reductions
+            time_verify.append(round_["time_verify_s"])
+            time_generate.append(round_["time_generate_s"])
+            time_weight_sync.append(round_["time_weight_sync_s"])
+            return round_["records"]
 
         records, sampled, sampling_stats = collect_batch(sample_round, c, num_groups=num_prompts)
         t1 = time.perf_counter()
@@ -303,6 +311,7 @@ class SFPO(Algorithm):
         )
 
     def _update_learners(self, batches, **update_kwargs) -> list[dict]:
+        """Each learner's results: RLlib's metrics ("learner") and its LearnerResult ("sfpo")."""
         self._learners_idle.clear()
         try:
             if self.learner_group.is_local:
@@ -316,7 +325,6 @@ class SFPO(Algorithm):
         c = self.config
         s = self.sfpo_iteration + 1
         t_start = time.perf_counter()
-        logged: dict[str, Any] = {"iteration": s}
 
         # α = 0 whenever there is no fast stage (GRPO, or after the switch-off).
         alpha = self.trigger.alpha(s, c.reposition_alpha) if c.fast_steps > 0 else 0.0
@@ -343,7 +351,6 @@ class SFPO(Algorithm):
                 advantage_estimator=c.advantage_estimator,
                 advantage_std_norm=c.advantage_std_norm,
                 mask_truncated=c.mask_truncated,
-                max_tokens_per_micro_batch=c.max_tokens_per_micro_batch,
             )
             results = self._update_learners(
                 batches,
@@ -361,10 +368,8 @@ class SFPO(Algorithm):
         self.pending_batch = ahead.result() if ahead is not None else None
         self.metrics.aggregate([r["learner"] for r in results], key=LEARNER_RESULTS)
 
-        stats = [r["sfpo"] for r in results]
-        num_tokens = max(1.0, sum(x["num_tokens"] for x in stats))
-        entropy = sum(x["entropy_sum"] for x in stats) / num_tokens
-        z = self.trigger.observe(s, entropy)
+        learned = combine([r["sfpo"] for r in results])  # results.LearnerResult's reductions
+        z = self.trigger.observe(s, learned["entropy"])
         t2 = time.perf_counter()
         self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
         time_sync = time.perf_counter() - t2
@@ -373,50 +378,46 @@ class SFPO(Algorithm):
 
         # Reward and accuracy of everything sampled (the policy's), not only what was kept.
         rewards = np.array([r.verifier_reward for r in sampled])
-        logged.update(
-            {
-                "rollouts": self.rollouts,
-                "reward_mean": float(rewards.mean()),
-                "train_accuracy": float(np.mean([r.correct for r in sampled])),
-                "alpha": alpha,
-                "fast_steps": fast_steps,
-                "entropy": entropy,
-                "entropy_z": z,
-                "switch_off_iteration": self.trigger.switch_off_iteration,
-                "reposition_distance": stats[0]["reposition_distance"],
-                "optimizer_steps": stats[0]["optimizer_steps"],
-                "padding_efficiency": sum(x["real_tokens"] for x in stats) / max(1.0, sum(x["computed_tokens"] for x in stats)),
-                "truncated_fraction": float(np.mean([not r.stopped for r in sampled])),
-                "verifier_timeouts": int(sum(r.timed_out for r in sampled)),
-                "reward_errors": int(sum(r.reward_error for r in sampled)),
-                **_pass_diagnostics(stats),
-                "time_rollout_s": batch.time_rollout_s,
-                "time_generate_s": batch.time_generate_s,
-                "time_verify_s": batch.time_verify_s,
-                "time_update_s": time_update,
-                "time_sync_s": time_sync,
-                # The engine's log π vs the learner's θ⁰ recompute, over completion tokens.
-                **_rollout_agreement(stats, num_tokens),
-                "time_weight_sync_s": batch.time_weight_sync_s,
-                **batch_stats,
-                **batch.sampling_stats,
-            }
+        stats = IterationStats(
+            iteration=s,
+            rollouts=self.rollouts,
+            reward_mean=float(rewards.mean()),
+            train_accuracy=float(np.mean([r.correct for r in sampled])),
+            alpha=alpha,
+            fast_steps=fast_steps,
+            entropy_z=z,
+            switch_off_iteration=self.trigger.switch_off_iteration,
+            padding_efficiency=learned["real_tokens"] / max(1.0, learned["computed_tokens"]),
+            truncated_fraction=float(np.mean([not r.stopped for r in sampled])),
+            verifier_timeouts=int(sum(r.timed_out for r in sampled)),
+            reward_errors=int(sum(r.reward_error for r in sampled)),
+            overlong_penalty_mean=(float(np.mean([r.reward - r.verifier_reward for r in sampled]))
+                                   if c.overlong_buffer is not None else None),
+            time_rollout_s=batch.time_rollout_s,
+            time_generate_s=batch.time_generate_s,
+            time_verify_s=batch.time_verify_s,
+            time_update_s=time_update,
+            time_sync_s=time_sync,
+            time_weight_sync_s=batch.time_weight_sync_s,
         )
-        logged["overlong_penalty_mean"] = (
-            float(np.mean([r.reward - r.verifier_reward for r in sampled])) if c.overlong_buffer is not None else None
-        )
-        logged.update(dict.fromkeys(ASYNC_FIELDS))
+        lag = AsyncStats()
         if c.rollout_lag:
-            logged.update(
-                policy_lag=s - 1 - batch.weights_iteration,
-                time_overlap_s=_overlap(self.pending_batch.interval, (t1, t_update_end)),
-                **_behaviour_weights(stats, num_tokens),
-            )
-        logged.update(dict.fromkeys(TEST_FIELDS))
+            lag = AsyncStats(policy_lag=s - 1 - batch.weights_iteration,
+                             time_overlap_s=_overlap(self.pending_batch.interval, (t1, t_update_end)))
+        stats.time_iteration_s = time.perf_counter() - t_start  # before the held-out test
+        test = None
         if c.test_interval and (s % c.test_interval == 0 or self.test_due):
-            logged.update(self.run_test(iteration=s))
+            test = self.run_test(iteration=s)
         self.test_due = False
-        logged["time_iteration_s"] = time.perf_counter() - t_start
+        stats.time_unix = time.time()
+        logged = {
+            **asdict(stats),
+            **{name: learned[name] for name in row_fields(LearnerResult)},
+            **batch_stats,
+            **asdict(SamplingStats(**batch.sampling_stats)),  # null without filter_groups
+            **asdict(lag),
+            **(test or dict.fromkeys(TEST_FIELDS)),
+        }
         for name, value in logged.items():
             self.metrics.log_value((METRICS, name), value, reduce="item")
 
@@ -437,14 +438,15 @@ class SFPO(Algorithm):
             chunks,
         )
         correct = [n for out in outs for n in out["correct"].values()]
-        return {
-            "test_accuracy": float(sum(correct) / (len(correct) * k)),
-            "test_pass_at_k": float(np.mean([n > 0 for n in correct])),
-            "test_problems": len(correct),
-            "test_reward_errors": int(sum(out["reward_errors"] for out in outs)),
-            "test_overlap_problems": self.test_overlap,
-            "time_test_s": time.perf_counter() - t0,
-        }
+        accuracy, pass_at_k = held_out_scores(correct, k)
+        return asdict(HeldOutResult(
+            test_accuracy=accuracy,
+            test_pass_at_k=pass_at_k,
+            test_problems=len(correct),
+            test_reward_errors=int(sum(out["reward_errors"] for out in outs)),
+            test_overlap_problems=self.test_overlap,
+            time_test_s=time.perf_counter() - t0,
+        ))
 
     # ----- checkpoint state ----------------------------------------------------------
     # Runner state is not saved: their weights are the learners', synced on restore.

@@ -24,12 +24,13 @@ from ray.rllib.utils.annotations import override
 from sfpo_rllib.logprobs import DTYPES
 from sfpo_rllib.engines.factory import ROLLOUT_ENGINES
 from sfpo_rllib.entropy_trigger import TRIGGER_RULES
-from sfpo_rllib.losses import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS
+from sfpo_rllib.losses import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 from sfpo_rllib.model_cache import TINY_MODEL_NAME, resolve_model
 from sfpo_rllib.models import PRETRAINED_MODELS, fetched_path, not_fetched_message
 from sfpo_rllib.sfpo_torch_learner import AUTOCAST_DTYPES, OPTIMIZERS
 
-# Valid names, each owned by the code that implements them.
+# Valid names, each owned by the code that implements them. Registries (losses.py) are read
+# live, at validation: a variant registered by a user is valid.
 OPTIMIZER_NAMES = tuple(OPTIMIZERS)
 ROLLOUT_ENGINE_NAMES = ROLLOUT_ENGINES
 DTYPE_NAMES = tuple(DTYPES)
@@ -72,6 +73,7 @@ class SFPOConfig(AlgorithmConfig):
         self.num_epochs = 1
         self.lr = 1e-6
         self.grad_clip = 1.0
+        self.policy_loss = "ppo"  # losses.POLICY_LOSSES
         self.clip_param = 0.2
         self.kl_coeff = 0.0
         self.entropy_coeff = 0.0
@@ -139,6 +141,7 @@ class SFPOConfig(AlgorithmConfig):
         entropy_z_threshold=NotProvided,
         entropy_trigger=NotProvided,
         group_size=NotProvided,
+        policy_loss=NotProvided,
         clip_param=NotProvided,
         kl_coeff=NotProvided,
         entropy_coeff=NotProvided,
@@ -178,7 +181,10 @@ class SFPOConfig(AlgorithmConfig):
             entropy_trigger: "abs" (|Z| >= τ, the paper's Algorithm 1) or "rise" (Z >= τ,
                 the authors' code).
             group_size: G completions per prompt (>= 2: advantages are relative to the group).
-            clip_param: PPO/GRPO ratio clip ε.
+            policy_loss: the policy objective: "ppo" (PPO's token-level clipped ratio, GRPO's),
+                "gspo" (GSPO: the sequence-level ratio, clipped per sequence) or "cispo"
+                (CISPO: the clipped IS weight, detached, times log π); docs/policy_losses.md.
+            clip_param: PPO/GRPO ratio clip ε (GSPO's and CISPO's clip range too).
             kl_coeff: weight of the KL penalty to the starting model (0 = none, as the
                 paper; > 0 keeps a frozen copy of the model on each learner, or, with
                 LoRA, uses the base model with the adapters disabled).
@@ -248,6 +254,8 @@ class SFPOConfig(AlgorithmConfig):
             self.entropy_trigger = entropy_trigger
         if group_size is not NotProvided:
             self.group_size = group_size
+        if policy_loss is not NotProvided:
+            self.policy_loss = policy_loss
         if clip_param is not NotProvided:
             self.clip_param = clip_param
         if kl_coeff is not NotProvided:
@@ -576,7 +584,9 @@ class SFPOConfig(AlgorithmConfig):
                     "'raise' stops at the first verifier error; 'zero' scores it 0 and counts it.")
 
     def _validate_loss_variants(self) -> None:
-        self._check(_is_name(self.loss_agg, LOSS_AGGREGATIONS), "loss_agg", f"must be one of {LOSS_AGGREGATIONS}",
+        self._check(_is_name(self.policy_loss, POLICY_LOSSES), "policy_loss", f"must be one of {tuple(POLICY_LOSSES)}",
+                    "'ppo' is GRPO's; 'gspo' and 'cispo' are docs/policy_losses.md.")
+        self._check(_is_name(self.loss_agg, AGGREGATIONS), "loss_agg", f"must be one of {tuple(AGGREGATIONS)}",
                     "'token-mean' is verl's default and DAPO's; Dr.GRPO (TRL's 'dr_grpo') is "
                     "'seq-mean-token-sum-norm' with advantage_std_norm=False.")
         self._check(self.loss_agg_norm is None or (_is_num(self.loss_agg_norm) and self.loss_agg_norm > 0),
@@ -592,6 +602,10 @@ class SFPOConfig(AlgorithmConfig):
                     "clip_param_high", "must be None or > 0", "Use None for `clip_param`; DAPO uses 0.28.")
         self._check(self.clip_ratio_c is None or (_is_num(self.clip_ratio_c) and self.clip_ratio_c > 1),
                     "clip_ratio_c", "must be None (off) or > 1", "verl uses 3.0.")
+        if self.clip_ratio_c is not None and self.policy_loss in POLICY_LOSSES:
+            self._check(POLICY_LOSSES[self.policy_loss].supports_dual_clip, "clip_ratio_c",
+                        f"is PPO's dual clip, which policy_loss={self.policy_loss!r} does not have",
+                        "Set clip_ratio_c=None, or policy_loss='ppo'.")
         self._check(_is_name(self.kl_estimator, KL_ESTIMATORS), "kl_estimator", f"must be one of {tuple(KL_ESTIMATORS)}",
                     "'k3' is GRPO's.")
         self._check(self.tis_cap is None or (_is_num(self.tis_cap) and self.tis_cap > 0), "tis_cap",

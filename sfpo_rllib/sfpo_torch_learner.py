@@ -70,23 +70,17 @@ from sfpo_rllib.columns import (
 from sfpo_rllib import rllib_compat, sharding
 from sfpo_rllib.allocator import return_freed_memory_promptly
 from sfpo_rllib.lora import AdaptersDisabled, is_lora
-from sfpo_rllib.losses import aggregate, clipped_surrogate, kl_penalty, truncated_is_weights
+from sfpo_rllib.losses import aggregate, kl_penalty, policy_loss, truncated_is_weights
+from sfpo_rllib.results import PASS_DIAGNOSTICS, LearnerResult
 from sfpo_rllib.rollout_agreement import behaviour_weight_sums, minibatches_gap
 from sfpo_rllib.slow_fast import ParameterSnapshot
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-# Loss diagnostics the learner logs per optimizer step (compute_loss_for_module, and
-# RLlib's gradient clipping for the norm), averaged per stage: "fast" over all K fast
-# passes, "slow" over the slow pass. Name here -> key under the module's metrics.
-PASS_DIAGNOSTICS = {
-    "policy_loss": "policy_loss",
-    "clipfrac": "clipfrac",
-    "approx_kl": "approx_kl",
-    "kl": "kl",
-    "grad_norm": "gradients_default_optimizer_global_norm",
-}
+# Where each loss diagnostic (results.PASS_DIAGNOSTICS) is under the module's metrics:
+# compute_loss_for_module logs them by name; RLlib's gradient clipping logs the norm.
+DIAGNOSTIC_KEYS = {name: name for name in PASS_DIAGNOSTICS} | {"grad_norm": "gradients_default_optimizer_global_norm"}
 _NOT_LOGGED = object()
 # Loss diagnostics that are a micro-batch's share of the minibatch's value (aggregated with
 # the minibatch's counts, like the loss): summed over its micro-batches. The others
@@ -249,29 +243,33 @@ class SFPOTorchLearner(TorchLearner):
         micro_batches = [micro for mb in minibatches for micro in mb]
         entropy_sum = sum(float((micro[OLD_ENTROPY] * micro[COMPLETION_MASK]).sum()) for micro in micro_batches)
         num_tokens = sum(float(micro[COMPLETION_MASK].sum()) for micro in micro_batches)
-        rollout_gap = minibatches_gap(micro_batches, OLD_LOGP, ROLLOUT_LOGP, COMPLETION_MASK)
-        behaviour = behaviour_weight_sums(micro_batches, OLD_LOGP, ROLLOUT_LOGP, COMPLETION_MASK, self.config.tis_cap)
+        gap_sum, gap_max = minibatches_gap(micro_batches, OLD_LOGP, ROLLOUT_LOGP, COMPLETION_MASK)
+        weight_sum, weights_truncated = None, None  # the decoupled loss's behaviour weights: lag 1 only
+        if self.config.rollout_lag:
+            weight_sum, weights_truncated = behaviour_weight_sums(
+                micro_batches, OLD_LOGP, ROLLOUT_LOGP, COMPLETION_MASK, self.config.tis_cap)
         if self._fsdp():
             self._gather_full_state()
 
         return {
             "learner": self.metrics.reduce(),
-            "sfpo": {
-                "entropy_sum": entropy_sum,
-                "num_tokens": num_tokens,
-                "reposition_distance": distance,
-                "optimizer_steps": self._optimizer_steps - steps_before,
-                "micro_batches": sum(len(mb) for mb in minibatches),
-                "real_tokens": layout["real_tokens"],
-                "computed_tokens": layout["computed_tokens"],
-                "padding_efficiency": layout["real_tokens"] / max(1.0, layout["computed_tokens"]),
-                "diagnostics": {
-                    stage: {name: float(np.mean(values)) for name, values in found.items()}
-                    for stage, found in diagnostics.items()
+            "sfpo": LearnerResult(
+                num_tokens=num_tokens,
+                entropy=entropy_sum,  # a sum: results.TOKEN_MEAN
+                reposition_distance=distance,
+                optimizer_steps=self._optimizer_steps - steps_before,
+                micro_batches=sum(len(mb) for mb in minibatches),
+                real_tokens=layout["real_tokens"],
+                computed_tokens=layout["computed_tokens"],
+                rollout_logp_diff=gap_sum,  # sums: results.TOKEN_MEAN
+                rollout_logp_diff_max=gap_max,
+                behaviour_weight_mean=weight_sum,
+                behaviour_weight_truncated_fraction=weights_truncated,
+                diagnostics={
+                    f"{stage}_{name}": float(np.mean(values))
+                    for stage, found in diagnostics.items() for name, values in found.items()
                 },
-                **rollout_gap,
-                **behaviour,
-            },
+            ),
         }
 
     def _to_minibatches(self, shard) -> tuple[list[list[dict[str, torch.Tensor]]], dict[str, float]]:
@@ -349,7 +347,7 @@ class SFPOTorchLearner(TorchLearner):
             for micro_batches in minibatches:
                 self._optimizer_step(micro_batches)
                 if diagnostics is not None:
-                    for name, key in PASS_DIAGNOSTICS.items():
+                    for name, key in DIAGNOSTIC_KEYS.items():
                         value = self.metrics.peek((DEFAULT_MODULE_ID, key), default=_NOT_LOGGED)
                         if value is not _NOT_LOGGED:
                             diagnostics.setdefault(name, []).append(float(value))
@@ -422,7 +420,7 @@ class SFPOTorchLearner(TorchLearner):
                     "that returns log-probs."
                 )
             tis_weights = truncated_is_weights(batch[OLD_LOGP], rollout_logp, config.tis_cap)
-        policy_loss, stats = clipped_surrogate(
+        policy_loss_value, stats = policy_loss(config.policy_loss)(
             fwd_out[LOGP],
             batch[OLD_LOGP],
             batch[ADVANTAGES],
@@ -435,7 +433,7 @@ class SFPOTorchLearner(TorchLearner):
             mode=config.loss_agg,
             **norms,
         )
-        total = policy_loss
+        total = policy_loss_value
         if config.entropy_coeff != 0.0:
             entropy = aggregate(fwd_out[ENTROPY], mask, mode=config.loss_agg, **norms)
             total = total - config.entropy_coeff * entropy
@@ -444,7 +442,7 @@ class SFPOTorchLearner(TorchLearner):
             kl = aggregate(per_token_kl, mask, mode=config.loss_agg, **norms)
             total = total + config.kl_coeff * kl
             stats["kl"] = kl.detach()
-        stats["policy_loss"] = policy_loss.detach()
+        stats["policy_loss"] = policy_loss_value.detach()
         self._micro_stats.append((stats, mask.sum()))  # logged per minibatch by _optimizer_step
         # The loss is this shard's exact share of the global minibatch loss; DDP averages
         # gradients over learners, so scale by the world size to get their sum.

@@ -224,15 +224,30 @@ def _crash_point(point: str, iteration: int) -> None:
 # ----- settings and resume ----------------------------------------------------------------
 
 
+# RLlib's to_dict() holds some settings under their private attribute; a record shows the name
+# users set. (Only those whose private value is the setting's value once set.)
+PUBLIC_NAMES = {"_train_batch_size_per_learner": "train_batch_size_per_learner"}
+# RLlib's legacy batch size: not read on the new API stack (total_train_batch_size is), so a
+# record would show a size the run never used.
+NOT_RECORDED = ("train_batch_size",)
+
+
+def _public(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings under their public names, without the legacy ones (also applied to settings
+    recorded before this rule, so their resumes compare like with like)."""
+    out = {PUBLIC_NAMES.get(key, key): value for key, value in settings.items() if key not in NOT_RECORDED}
+    return dict(sorted(out.items()))
+
+
 def plain_settings(config) -> dict[str, Any]:
     """The config as JSON values (anything else as its repr), sorted by name."""
     out = {}
-    for key, value in sorted(config.to_dict().items()):
+    for key, value in config.to_dict().items():
         try:
             out[key] = json.loads(json.dumps(value))
         except (TypeError, ValueError):
             out[key] = re.sub(r" at 0x[0-9a-f]+", "", repr(value))  # memory addresses differ per process
-    return out
+    return _public(out)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -288,7 +303,7 @@ def check_resume(output_dir: str, config, *, stop_iters: int, allow_config_chang
     if stop_iters < record["iteration"]:
         raise ValueError(f"--stop-iters ({stop_iters}) is below the checkpoint's iteration ({record['iteration']}); "
                          "a run cannot go back. Pass a larger --stop-iters.")
-    changes = settings_differences(record["settings"], plain_settings(config))
+    changes = settings_differences(_public(record["settings"]), plain_settings(config))
     if changes and not allow_config_change:
         raise ValueError(
             f"--resume: the settings differ from the run's (iteration {record['iteration']}): "
@@ -417,7 +432,7 @@ def run_training(
         _clear_previous_run(output_dir)
     if run_config is None:  # a new run (or a resumed one whose file was lost: rebuilt from the checkpoint)
         run_config = {"algorithm": algorithm, "run_id": run_id,
-                      "settings": record["settings"] if record else settings, "history": []}
+                      "settings": _public(record["settings"]) if record else settings, "history": []}
     entry = {"event": "resume" if resume else "start", "iteration": record["iteration"] if restore_from else 0,
              "stop_iters": stop_iters, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     entry["ray"] = ray_session.describe()  # where it ran: the local instance or the cluster it joined
@@ -443,7 +458,7 @@ def run_training(
 
         last: dict[str, Any] = {}
         if start == 0 and config.test_interval:  # iteration 0: the starting model
-            log.log({"iteration": 0, "rollouts": 0, **algo.run_test(iteration=0)})
+            log.log({"iteration": 0, "rollouts": 0, **algo.run_test(iteration=0), "time_unix": time.time()})
         bar = tqdm(range(start + 1, stop_iters + 1), initial=start, total=stop_iters, disable=not progress, unit="it")
         for s in bar:
             algo.test_due = s == stop_iters  # always measure the final model

@@ -47,13 +47,45 @@ def test_two_learners_get_whole_groups_and_the_same_global_minibatches():
     np.testing.assert_array_equal(np.sort(np.concatenate([a[ADVANTAGES], b[ADVANTAGES]])), np.sort(one[ADVANTAGES]))
 
 
-def test_advantages_are_computed_before_sharding():
-    recs = records(8)
+def test_advantages_are_computed_before_sharding(monkeypatch):
+    """Once, over the whole batch's rewards (not per learner's shard), and every row, whichever
+    learner gets it, carries its own group's advantage as computed by hand."""
+    from sfpo_rllib import batch as batch_module
+    from sfpo_rllib.losses import group_advantages
+
+    seen = []
+
+    def recording(rewards, group_size, **kw):
+        seen.append(len(rewards))
+        return group_advantages(rewards, group_size, **kw)
+
+    monkeypatch.setattr(batch_module, "group_advantages", recording)
+    recs = records(16, seed=3)
+    for i, r in enumerate(recs):  # unique prompts identify rows; groups with unequal rewards
+        r.prompt_ids[:] = [100 + i]
+        r.verdict = Verdict.from_reward(float(i % 4 in (0, 3) if i < 8 else i % 2))
     shards, _ = build_learner_batches(recs, group_size=4, num_learners=2, minibatch_size_per_learner=4, pad_token_id=PAD)
-    (single,), _ = build_learner_batches(recs, group_size=4, num_learners=0, minibatch_size_per_learner=8, pad_token_id=PAD)
-    expected = single.policy_batches[DEFAULT_MODULE_ID][ADVANTAGES]
-    got = np.concatenate([s.policy_batches[DEFAULT_MODULE_ID][ADVANTAGES] for s in shards])
-    np.testing.assert_array_equal(got, expected)
+    assert seen == [16]
+    rewards = np.array([r.reward for r in recs]).reshape(-1, 4)
+    by_hand = ((rewards - rewards.mean(1, keepdims=True)) / (rewards.std(1, keepdims=True) + 1e-6)).reshape(-1)
+    for shard in shards:
+        rows = shard.policy_batches[DEFAULT_MODULE_ID]
+        for ids, advantage in zip(rows[INPUT_IDS], rows[ADVANTAGES]):
+            index = next(int(t) for t in ids if t >= 100) - 100
+            assert advantage == pytest.approx(by_hand[index], abs=1e-6), index
+
+
+def test_row_lengths_are_checked_once_where_micro_batches_are_cut():
+    """Not on the driver too (it was checked by the config, the driver and the learner): the
+    driver builds the batch whatever the budget; the learner's micro-batch planner refuses a
+    row no micro-batch can hold, before its first forward."""
+    import inspect
+
+    from sfpo_rllib.rows import RowTooLongError, plan_micro_batches
+
+    assert "max_tokens_per_micro_batch" not in inspect.signature(build_learner_batches).parameters
+    with pytest.raises(RowTooLongError, match=r"`max_tokens_per_micro_batch` \(9\) is smaller than row 1"):
+        plan_micro_batches([3, 6], [4, 4], max_tokens=9)
 
 
 def test_minibatch_that_splits_a_group_is_refused():

@@ -2,6 +2,7 @@
 repeatability, and bad input answered with a clear error instead of a traceback."""
 
 import json
+import time
 import subprocess
 import sys
 
@@ -113,8 +114,9 @@ def test_bad_input_from_the_shell_prints_no_traceback():
 
 
 def test_a_row_longer_than_the_micro_batch_budget_is_one_line(tmp_path, capsys):
-    """Without max_prompt_tokens the config cannot know the rows' lengths: the driver finds
-    the row before the (remote) learner gets it, and the CLI reports one line, exit code 2."""
+    """Without max_prompt_tokens the config cannot know the rows' lengths: the (remote)
+    learner finds the row where it cuts micro-batches, before its first forward, and the CLI
+    reports one line, exit code 2."""
     settings = dict(SMALL, max_new_tokens=8, max_tokens_per_micro_batch=9, test_interval=0, num_learners=1)
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--env", "sfpo/Arithmetic-v0", "--config", json.dumps(settings), "--stop-iters", "1",
@@ -124,7 +126,7 @@ def test_a_row_longer_than_the_micro_batch_budget_is_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert len(errors) == 1 and "Traceback" not in err and "RowTooLongError" not in err, err
     assert errors[0].startswith("sfpo-rllib: error: `max_tokens_per_micro_batch` (9) is smaller than row"), errors
-    assert "this iteration's rollouts" in errors[0] and "at least" in errors[0], errors
+    assert "of minibatch 0" in errors[0] and "at least" in errors[0], errors
 
 
 def test_a_user_error_raised_in_a_remote_learner_is_unwrapped_for_the_one_line_report():
@@ -143,3 +145,37 @@ def test_a_user_error_raised_in_a_remote_learner_is_unwrapped_for_the_one_line_r
         assert str(_user_error(nested)) == str(cause)
     assert _user_error(RayTaskError("f", "tb", KeyError("bug")).as_instanceof_cause()) is None  # a bug keeps its traceback
     assert "row 3 of minibatch 1" in str(cause) and "32 tokens" in str(cause)
+
+
+def tensorboard_scalars(folder) -> dict[str, dict[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag.removeprefix("sfpo/"): {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def test_every_computed_diagnostic_and_field_reaches_metrics_and_tensorboard(tmp_path):
+    """With every loss option on (dual clip, TIS, KL, SFPO's fast stage) each diagnostic the
+    learner computes is a number in metrics.jsonl and a TensorBoard scalar; the row has its
+    wall-clock time, and the iteration's time leaves the held-out test out."""
+    from sfpo_rllib.results import DIAGNOSTIC_FIELDS
+
+    out = cli_train(tmp_path, "all", "--stop-iters", "1",
+                    config={"clip_ratio_c": 3.0, "tis_cap": 2.0, "kl_coeff": 0.01, "test_interval": 1})
+    rows = read_metrics(str(out / "metrics.jsonl"))
+    row = rows[1]
+    missing = [name for name in DIAGNOSTIC_FIELDS if not isinstance(row[name], float)]
+    assert not missing, missing
+    scalars = tensorboard_scalars(out / "tensorboard")
+    numbers = [name for name, value in row.items()
+               if name != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool)]
+    assert [name for name in numbers if 1 not in scalars.get(name, {})] == []
+    # time_unix: a wall clock, increasing over rows; time_iteration_s without the held-out test.
+    assert rows[0]["time_unix"] <= row["time_unix"] and abs(row["time_unix"] - time.time()) < 3600
+    assert row["time_test_s"] > 0
+    assert row["time_iteration_s"] < row["time_rollout_s"] + row["time_update_s"] + row["time_sync_s"] + row["time_test_s"]
+    # run_config.json: the real values, under the names users set.
+    settings = json.loads((out / "run_config.json").read_text())["settings"]
+    assert settings["train_batch_size_per_learner"] == 16
+    assert "_train_batch_size_per_learner" not in settings and "train_batch_size" not in settings

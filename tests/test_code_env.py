@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 
 import gymnasium as gym
@@ -12,7 +10,7 @@ import pytest
 import sfpo_envs  # noqa: F401  (registers the ids)
 from sfpo_envs.code_env import CodeEnv, build_run, continuation, defines, extract_code
 
-from conftest import BENCHMARKS as BENCH, needs_bench
+from conftest import BENCHMARKS as BENCH, needs_bench, needs_namespaces
 HUMANEVAL = BENCH / "humaneval.jsonl.gz"
 MBPP = BENCH / "mbpp_sanitized_test.jsonl"
 
@@ -20,20 +18,6 @@ MBPP = BENCH / "mbpp_sanitized_test.jsonl"
 # 2-core machine that can take 10 s of wall clock.
 REFERENCE_TIMEOUT_S = 30
 
-
-def _namespaces_possible() -> bool:
-    if os.geteuid() != 0:
-        return False
-    probe = subprocess.run(
-        ["unshare", "--net", "--pid", "--fork", "--mount", "--ipc", "--uts", "true"], capture_output=True
-    )
-    return probe.returncode == 0
-
-
-needs_namespaces = pytest.mark.skipif(
-    not _namespaces_possible(),
-    reason="Linux namespaces are not available here: hostile code is never run without the jail.",
-)
 
 TOY = [{"question": "Write add(a, b).", "test_code": "assert add(1, 2) == 3\nassert add(-1, 1) == 0\n"}]
 

@@ -97,3 +97,22 @@ def test_bad_compare_input_is_one_clear_line(args, message, tmp_path, capsys):
         main(["compare", "--env", "sfpo/Arithmetic-v0", *args, "--output", str(tmp_path / "x")])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_gspo_and_cispo_train_through_the_cli_as_compare_arms(tmp_path):
+    """Each registered policy loss trains the embedded model from the command line and is an
+    arm of a comparison like any other setting."""
+    out = tmp_path / "losses"
+    compare(out, "--arm", 'PPO={}', "--arm", 'GSPO={"policy_loss": "gspo", "loss_agg": "seq-mean-token-mean"}',
+            "--arm", 'CISPO={"policy_loss": "cispo"}')
+    results = json.loads((out / "results.json").read_text())
+    report = (out / "report.md").read_text()
+    for arm in ("PPO", "GSPO", "CISPO"):
+        assert f"| {arm} |" in report
+        row = read_metrics(str(out / "runs" / arm / "seed_0" / "metrics.jsonl"))[1]
+        assert row["optimizer_steps"] == 2 * 4  # SFPO's K = 3 fast passes + the slow one, 2 minibatches each
+        assert row["fast_approx_kl"] > 0 and row["slow_grad_norm"] > 0  # the policy moved
+        assert isinstance(row["slow_clipfrac"], float) and row["test_accuracy"] is not None
+        assert results["runs"][arm]["0"][-1]["accuracy"] == row["test_accuracy"]
+    config = json.loads((out / "runs" / "GSPO" / "seed_0" / "run_config.json").read_text())["settings"]
+    assert config["policy_loss"] == "gspo"

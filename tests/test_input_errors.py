@@ -37,7 +37,7 @@ WRONG_VALUE = {
     "grad_clip_by": "l2", "num_epochs": 0, "minibatch_size": 6, "train_batch_size_per_learner": 18,
     "num_learners": -1, "num_env_runners": -1, "num_cpus_per_learner": 0, "num_cpus_per_env_runner": -1,
     "seed": 1.5, "env_config": {1: 2},
-    "loss_agg_norm": 0, "advantage_estimator": "ppo", "advantage_std_norm": 1, "clip_param_low": 1.0,
+    "policy_loss": "grpo", "loss_agg_norm": 0, "advantage_estimator": "ppo", "advantage_std_norm": 1, "clip_param_low": 1.0,
     "clip_param_high": 0, "clip_ratio_c": 1.0, "kl_estimator": "k4", "tis_cap": 0, "rollout_lag": 2, "filter_groups": 1,
     "max_sampling_rounds": -1, "mask_truncated": 1, "overlong_buffer": 8, "overlong_penalty": -1,
     "lora_rank": -1, "lora_alpha": 0, "lora_target_modules": [], "lora_dropout": 1.0,

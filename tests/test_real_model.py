@@ -60,7 +60,7 @@ def base_rollouts(smollm2):
     config.validate()
     runner = SFPOEnvRunner(config=config)
     try:
-        yield runner, runner.sample(indices=[0, 1], seed=0)["records"]
+        yield runner, runner.sample(indices=[0, 1], seed=0).records
     finally:
         runner.stop()
 

@@ -88,3 +88,40 @@ def test_shaping_changes_the_training_reward_never_the_verdict():
     shape_rewards([record], Settings())
     assert record.reward == 0.0 and record.verifier_reward == 1.0 and record.verdict.reward == 1.0
     assert dataclasses.replace(record, stopped=False).reward == 0.0  # a copy keeps the shaped reward
+
+
+class _SplitEnv(gym.Env):
+    """Its ``prompt()`` ignores the split; what ``reset`` gives the policy does not."""
+
+    observation_space = action_space = TextSpace()
+
+    def __init__(self, split="train"):
+        self.split = split
+
+    def __len__(self):
+        return 3
+
+    def prompt(self, index):
+        return f"problem {index}"
+
+    def reset(self, *, seed=None, options=None):
+        return f"{self.split} problem {options['index']}", {}
+
+    def step(self, action):
+        return "", 0.0, True, False, {}
+
+
+def test_held_out_check_compares_the_prompts_the_policy_is_given():
+    """One prompt path: the held-out check reads prompts as the env runner does (TextTask), so
+    it neither misses nor invents an overlap that the policy would not see."""
+    from types import SimpleNamespace
+
+    from sfpo_rllib.env_factory import check_held_out_data
+
+    gym.register(id="sfpo_test/SplitPrompts-v0", entry_point=_SplitEnv)
+    try:
+        config = SimpleNamespace(env="sfpo_test/SplitPrompts-v0", env_config={}, test_env_config={"split": "test"})
+        assert check_held_out_data(config) == 0
+        assert TextTask(_SplitEnv("test")).prompt(1)[0] == "test problem 1"
+    finally:
+        gym.registry.pop("sfpo_test/SplitPrompts-v0")

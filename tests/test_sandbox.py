@@ -29,28 +29,11 @@ import pytest
 from sfpo_envs import sandbox as sandbox_mod
 from sfpo_envs.sandbox import RunResult, Sandbox, SandboxError
 
+from conftest import NAMESPACES, needs_namespaces
+
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 3.0
 SLACK = 3.0  # seconds a timed-out run may take beyond its limit (kill, teardown, load)
-
-
-def _namespaces_possible() -> bool:
-    """Whether this machine lets root create the namespaces the jail needs."""
-    if os.geteuid() != 0:
-        return False
-    probe = subprocess.run(
-        ["unshare", "--net", "--pid", "--fork", "--mount", "--ipc", "--uts", "true"],
-        capture_output=True,
-    )
-    return probe.returncode == 0
-
-
-NAMESPACES = _namespaces_possible()
-needs_namespaces = pytest.mark.skipif(
-    not NAMESPACES,
-    reason="Linux namespaces are not available here (needs root and a host that permits "
-    "unshare): hostile programs are never run without the jail.",
-)
 
 
 def _our_uids() -> range:

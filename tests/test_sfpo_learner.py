@@ -115,11 +115,11 @@ def test_learner_matches_algorithm_1_with_plain_sgd(random_llama, fast_steps, al
     for name, value in after.items():
         torch.testing.assert_close(value, expected[name].detach(), rtol=1e-5, atol=1e-6, msg=name)
     passes = (fast_steps + 1) if alpha > 0 else 1
-    assert out["sfpo"]["optimizer_steps"] == passes * 2  # 2 minibatches per pass
+    assert out["sfpo"].optimizer_steps == passes * 2  # 2 minibatches per pass
     if alpha > 0:
-        assert out["sfpo"]["reposition_distance"] > 0
+        assert out["sfpo"].reposition_distance > 0
     else:
-        assert out["sfpo"]["reposition_distance"] == 0.0
+        assert out["sfpo"].reposition_distance == 0.0
 
 
 def test_alpha_one_equals_k_plus_one_epochs_bit_for_bit_with_adamw(random_llama):
@@ -190,11 +190,11 @@ def test_theta0_statistics_equal_a_separate_no_grad_pass_and_the_first_minibatch
             entropy_sum += float((entropy * mask).sum())
             gap_sum += float(((logp - mb["rollout_logp"]).abs() * mask).sum())
             tokens += float(mask.sum())
-    assert out["num_tokens"] == tokens
-    assert out["entropy_sum"] == pytest.approx(entropy_sum, rel=1e-5)
-    assert out["rollout_logp_diff_sum"] == pytest.approx(gap_sum, rel=1e-5)
+    assert out.num_tokens == tokens
+    assert out.entropy == pytest.approx(entropy_sum, rel=1e-5)
+    assert out.rollout_logp_diff == pytest.approx(gap_sum, rel=1e-5)
     minibatches = 16 // minibatch_size
-    per_pass = out["micro_batches"]
+    per_pass = out.micro_batches
     # One forward per micro-batch per step, plus the θ⁰ forward of every minibatch but the first.
     first = per_pass // minibatches
     assert len(forwards) == per_pass + (per_pass - first)

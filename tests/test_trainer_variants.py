@@ -200,7 +200,7 @@ def test_lora_trains_snapshots_and_repositions_the_adapters_alone(random_llama):
     out = learner.update(batch=batch_for(make_records(seed=8)), alpha=0.8, fast_steps=3)
     after = named(learner)
     assert len(learner._theta0._theta0) == len(adapters)  # the θ⁰ snapshot holds adapters only
-    assert out["sfpo"]["reposition_distance"] > 0
+    assert out["sfpo"].reposition_distance > 0
     for k in after:
         assert torch.equal(after[k], before[k]) != (".lora_" in k), k  # adapters move, the base never
 
@@ -235,7 +235,7 @@ def test_lora_modules_to_save_train_snapshot_and_reposition_with_the_adapters(ra
     out = learner.update(batch=batch_for(make_records(seed=8)), alpha=0.8, fast_steps=3)
     after = named(learner)
     assert len(learner._theta0._theta0) == len(trainable)
-    assert out["sfpo"]["reposition_distance"] > 0
+    assert out["sfpo"].reposition_distance > 0
     for k in after:  # adapters and the norm's trained copy move; the base, its original norm included, never
         assert torch.equal(after[k], before[k]) != (k in trainable), k
 

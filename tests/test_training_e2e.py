@@ -55,7 +55,6 @@ def test_two_ddp_learners_and_two_remote_runners_match_a_local_learner(ray_sessi
     local, local_rows = train(tiny_config(learners=0, runners=2), iterations=2)
     ddp, ddp_rows = train(tiny_config(learners=2, runners=2), iterations=2)
     assert local_rows[0]["reward_mean"] > 0 and local_rows[0]["reward_mean"] < 1, "need a learning signal"
-    assert max(float((local[k] - ddp[k]).abs().max()) for k in local) < 1e-5
     assert max_abs_diff(local, ddp) < 1e-5
     assert local_rows[0]["reposition_distance"] > 0
     # The trigger's entropy is the mean over all learners' tokens: the same as one learner's.
