@@ -44,7 +44,7 @@ from ray.rllib.utils.metrics import LEARNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFET
 from sfpo_rllib.batch import build_learner_batches, pad_token_of
 from sfpo_rllib.columns import Rollout
 from sfpo_rllib.dynamic_sampling import collect_batch, extra_round_prompts
-from sfpo_rllib.entropy_trigger import EntropyTrigger
+from sfpo_rllib.entropy_trigger import reuse_gate_of
 from sfpo_rllib.env_factory import check_held_out_data
 from sfpo_rllib.sfpo_config import SFPOConfig
 from sfpo_rllib.sfpo_torch_learner import PASS_DIAGNOSTICS
@@ -73,7 +73,8 @@ DIAGNOSTIC_FIELDS = tuple(f"{stage}_{name}" for stage in ("fast", "slow") for na
 # undefined (e.g. entropy_z while the window fills, training fields in iteration 0).
 METRIC_FIELDS = (
     "iteration", "rollouts", "reward_mean", "train_accuracy", "alpha", "fast_steps",
-    "entropy", "entropy_z", "switch_off_iteration", "reposition_distance", "optimizer_steps",
+    "entropy", "entropy_z", "lm_head_grad_norm", "lm_head_grad_z", "switch_off_iteration", "reposition_distance",
+    "gxpo_scale_mean", "optimizer_steps",
     "completion_tokens", "completion_length_mean", "truncated_fraction", "groups_all_equal_reward",
     "verifier_timeouts", "reward_errors", "overlong_penalty_mean", "padding_efficiency", *SAMPLING_FIELDS,
     "rollout_logp_diff", "rollout_logp_diff_max",
@@ -156,9 +157,8 @@ class SFPO(Algorithm):
         super().setup(config)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.pad_token_id = pad_token_of(tokenizer)
-        self.trigger = EntropyTrigger(
-            window=config.entropy_window, z_threshold=config.entropy_z_threshold, rule=config.entropy_trigger
-        )
+        # The entropy trigger, or with reuse_gate="lm_head_grad" DGG's gate on the lm_head gradient norm.
+        self.trigger = reuse_gate_of(config)
         # SFPO's own counters, the only ones its logic reads (prompt schedule, trigger, seeds,
         # metrics rows). RLlib's training_iteration counts train() calls, which run several
         # training steps when `min_time_s_per_iteration`/`min_sample_timesteps_per_iteration`
@@ -318,7 +318,7 @@ class SFPO(Algorithm):
         t_start = time.perf_counter()
         logged: dict[str, Any] = {"iteration": s}
 
-        # α = 0 whenever there is no fast stage (GRPO, or after the switch-off).
+        # α = 0 whenever there is no fast stage (GRPO, or after the switch-off by either reuse gate).
         alpha = self.trigger.alpha(s, c.reposition_alpha) if c.fast_steps > 0 else 0.0
         fast_steps = c.fast_steps if alpha > 0.0 else 0
 
@@ -364,7 +364,11 @@ class SFPO(Algorithm):
         stats = [r["sfpo"] for r in results]
         num_tokens = max(1.0, sum(x["num_tokens"] for x in stats))
         entropy = sum(x["entropy_sum"] for x in stats) / num_tokens
-        z = self.trigger.observe(s, entropy)
+        lm_head_grad_norm = stats[0]["lm_head_grad_norm"]  # the same on every learner (null unless measured)
+        if self.config.reuse_gate == "lm_head_grad":
+            gate_z = {"entropy_z": None, "lm_head_grad_z": self.trigger.observe(s, lm_head_grad_norm)}
+        else:
+            gate_z = {"entropy_z": self.trigger.observe(s, entropy), "lm_head_grad_z": None}
         t2 = time.perf_counter()
         self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
         time_sync = time.perf_counter() - t2
@@ -381,9 +385,11 @@ class SFPO(Algorithm):
                 "alpha": alpha,
                 "fast_steps": fast_steps,
                 "entropy": entropy,
-                "entropy_z": z,
+                **gate_z,
+                "lm_head_grad_norm": lm_head_grad_norm,
                 "switch_off_iteration": self.trigger.switch_off_iteration,
                 "reposition_distance": stats[0]["reposition_distance"],
+                "gxpo_scale_mean": stats[0]["gxpo_scale_mean"],
                 "optimizer_steps": stats[0]["optimizer_steps"],
                 "padding_efficiency": sum(x["real_tokens"] for x in stats) / max(1.0, sum(x["computed_tokens"] for x in stats)),
                 "truncated_fraction": float(np.mean([not r.stopped for r in sampled])),
