@@ -102,6 +102,28 @@ def main() -> None:
         json.dump(chosen, f, indent=1)
     cli(["compare", "--base", args.base, "--arms", arms_file, "--seeds", args.seeds, "--iters", str(args.iters),
          "--baseline", "GRPO", "--output", args.output, "--num-cpus", str(args.num_cpus), "--no-progress"])
+    print(costs_table(args.output, list(chosen), [int(s) for s in args.seeds.split(",")]))
+
+
+def costs_table(output: str, names: list[str], seeds: list[int]) -> str:
+    """What each arm paid per run: optimizer steps, learner-update seconds, and where its fast stage stopped."""
+    from sfpo_rllib.compare import _slug
+    from sfpo_rllib.run_logger import read_metrics
+
+    lines = ["| arm | optimizer steps per run | update seconds per run | fast stage off from iteration |", "|---|---|---|---|"]
+    for name in names:
+        steps, seconds, off = [], [], []
+        for seed in seeds:
+            path = os.path.join(output, "runs", _slug(name), f"seed_{seed}", "metrics.jsonl")
+            rows = [r for r in read_metrics(path) if r["iteration"] > 0] if os.path.exists(path) else []
+            if rows:
+                steps.append(sum(r["optimizer_steps"] for r in rows))
+                seconds.append(sum(r["time_update_s"] for r in rows))
+                off.append(rows[-1]["switch_off_iteration"])
+        span = lambda xs, f: f"{f(min(xs))}–{f(max(xs))}" if xs else "n/a"  # noqa: E731
+        lines.append(f"| {name} | {span(steps, str)} | {span(seconds, lambda x: f'{x:.0f}')} | "
+                     f"{', '.join('never' if o is None else str(o) for o in off) or 'n/a'} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
