@@ -395,8 +395,9 @@ class SFPOTorchLearner(TorchLearner):
         (``gxpo_recompute_old_log_probs`` False).
         """
         params = self._trainable()
-        g0 = [torch.zeros_like(sharding.local(p)) for p in params]
-        g1 = [torch.zeros_like(sharding.local(p)) for p in params]
+        if getattr(self, "_gxpo_grads", None) is None:  # g₀ and g₁ buffers: allocated once, overwritten
+            self._gxpo_grads = tuple([torch.zeros_like(sharding.local(p)) for p in params] for _ in range(2))
+        g0, g1 = self._gxpo_grads
         distances, scales = [], []
         for _ in range(self.config.num_epochs):
             for micro_batches in minibatches:
