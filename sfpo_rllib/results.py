@@ -63,6 +63,8 @@ class LearnerResult:
     entropy: float = metric(TOKEN_MEAN, default=0.0)  # H_s, the entropy trigger's input
     reposition_distance: float = metric(FIRST, default=0.0)  # ||θᴷ − θ⁰||; 0 without a fast stage
     optimizer_steps: int = metric(FIRST, default=0)
+    gxpo_scale_mean: float | None = metric(FIRST)  # GXPO's extrapolation scale (fast_stage="gxpo"; null otherwise)
+    lm_head_grad_norm: float | None = metric(FIRST)  # DGG's gate input, the same on every learner (reuse_gate="lm_head_grad")
     micro_batches: int = metric(SUM, logged=False, default=0)
     real_tokens: float = metric(SUM, logged=False, default=0.0)  # prompt + completion tokens
     computed_tokens: float = metric(SUM, logged=False, default=0.0)  # the same with micro-batch padding

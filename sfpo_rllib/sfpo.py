@@ -44,7 +44,7 @@ from ray.rllib.utils.metrics import LEARNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFET
 from sfpo_rllib.batch import BatchStats, build_learner_batches, pad_token_of
 from sfpo_rllib.columns import Rollout
 from sfpo_rllib.dynamic_sampling import SamplingStats, collect_batch, extra_round_prompts
-from sfpo_rllib.entropy_trigger import EntropyTrigger
+from sfpo_rllib.entropy_trigger import reuse_gate_of
 from sfpo_rllib.env_factory import check_held_out_data
 from sfpo_rllib.results import LearnerResult, combine, row_fields
 from sfpo_rllib.scoring import held_out_scores
@@ -92,7 +92,8 @@ class IterationStats:
     train_accuracy: float | None = None
     alpha: float | None = None
     fast_steps: int | None = None
-    entropy_z: float | None = None  # null while the trigger's window fills
+    entropy_z: float | None = None  # null while the trigger's window fills, and with reuse_gate="lm_head_grad"
+    lm_head_grad_z: float | None = None  # DGG's gate (reuse_gate="lm_head_grad"); null otherwise
     switch_off_iteration: int | None = None
     padding_efficiency: float | None = None  # real tokens / computed tokens over the learners' micro-batches
     truncated_fraction: float | None = None
@@ -163,9 +164,8 @@ class SFPO(Algorithm):
         super().setup(config)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.pad_token_id = pad_token_of(tokenizer)
-        self.trigger = EntropyTrigger(
-            window=config.entropy_window, z_threshold=config.entropy_z_threshold, rule=config.entropy_trigger
-        )
+        # The entropy trigger, or with reuse_gate="lm_head_grad" DGG's gate on the lm_head gradient norm.
+        self.trigger = reuse_gate_of(config)
         # SFPO's own counters, the only ones its logic reads (prompt schedule, trigger, seeds,
         # metrics rows). RLlib's training_iteration counts train() calls, which run several
         # training steps when `min_time_s_per_iteration`/`min_sample_timesteps_per_iteration`
@@ -326,7 +326,7 @@ class SFPO(Algorithm):
         s = self.sfpo_iteration + 1
         t_start = time.perf_counter()
 
-        # α = 0 whenever there is no fast stage (GRPO, or after the switch-off).
+        # α = 0 whenever there is no fast stage (GRPO, or after the switch-off by either reuse gate).
         alpha = self.trigger.alpha(s, c.reposition_alpha) if c.fast_steps > 0 else 0.0
         fast_steps = c.fast_steps if alpha > 0.0 else 0
 
@@ -369,7 +369,12 @@ class SFPO(Algorithm):
         self.metrics.aggregate([r["learner"] for r in results], key=LEARNER_RESULTS)
 
         learned = combine([r["sfpo"] for r in results])  # results.LearnerResult's reductions
-        z = self.trigger.observe(s, learned["entropy"])
+        # The reuse gate watches the entropy (SFPO's trigger) or, with reuse_gate="lm_head_grad",
+        # DGG's lm_head gradient norm; the other z stays null.
+        if c.reuse_gate == "lm_head_grad":
+            entropy_z, lm_head_grad_z = None, self.trigger.observe(s, learned["lm_head_grad_norm"])
+        else:
+            entropy_z, lm_head_grad_z = self.trigger.observe(s, learned["entropy"]), None
         t2 = time.perf_counter()
         self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
         time_sync = time.perf_counter() - t2
@@ -385,7 +390,8 @@ class SFPO(Algorithm):
             train_accuracy=float(np.mean([r.correct for r in sampled])),
             alpha=alpha,
             fast_steps=fast_steps,
-            entropy_z=z,
+            entropy_z=entropy_z,
+            lm_head_grad_z=lm_head_grad_z,
             switch_off_iteration=self.trigger.switch_off_iteration,
             padding_efficiency=learned["real_tokens"] / max(1.0, learned["computed_tokens"]),
             truncated_fraction=float(np.mean([not r.stopped for r in sampled])),

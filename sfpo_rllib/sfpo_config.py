@@ -39,6 +39,8 @@ CHAT_TEMPLATE_MODES = ("auto", "always", "none")
 LEARNER_STRATEGY_NAMES = ("ddp", "fsdp2")
 ON_REWARD_ERROR = ("raise", "zero")
 GRAD_CLIP_BY = ("value", "norm", "global_norm")
+FAST_STAGES = ("sfpo", "gxpo")
+REUSE_GATES = ("entropy", "lm_head_grad")
 
 
 class SFPOConfig(AlgorithmConfig):
@@ -66,6 +68,13 @@ class SFPOConfig(AlgorithmConfig):
         self.entropy_window = 30  # ω
         self.entropy_z_threshold = 1.0  # τ
         self.entropy_trigger = "abs"
+        # --- the slow-fast family (training(); docs/slow_fast_family.md) ---
+        self.fast_stage = "sfpo"  # "gxpo": two fast steps extrapolated to a virtual K-step point
+        self.gxpo_virtual_steps = 5  # GXPO's K (the authors' gxpo_k default)
+        self.gxpo_delta = 1e-8  # GXPO's guard on |S_2| (the authors' gxpo_delta default)
+        self.reuse_gate = "entropy"  # "lm_head_grad": DGG's gate instead of the entropy trigger
+        self.lm_head_grad_window = 10  # ω of the lm_head gradient norm's preceding window
+        self.lm_head_grad_z_threshold = 3.0  # τ: reuse stops for good once Z >= τ
         # --- GRPO objective and optimization (training()) ---
         self.group_size = 8
         self.train_batch_size_per_learner = 2048
@@ -140,6 +149,12 @@ class SFPOConfig(AlgorithmConfig):
         entropy_window=NotProvided,
         entropy_z_threshold=NotProvided,
         entropy_trigger=NotProvided,
+        fast_stage=NotProvided,
+        gxpo_virtual_steps=NotProvided,
+        gxpo_delta=NotProvided,
+        reuse_gate=NotProvided,
+        lm_head_grad_window=NotProvided,
+        lm_head_grad_z_threshold=NotProvided,
         group_size=NotProvided,
         policy_loss=NotProvided,
         clip_param=NotProvided,
@@ -178,8 +193,21 @@ class SFPOConfig(AlgorithmConfig):
             reposition_alpha: α in [0, 1]; θ̃ = θ⁰ + α(θᴷ − θ⁰). 0 = GRPO, 1 = K+1 plain passes.
             entropy_window: ω, iterations in the rolling entropy buffer (>= 2).
             entropy_z_threshold: τ > 0; the fast stage switches off for good when Z crosses it.
-            entropy_trigger: "abs" (|Z| >= τ, the paper's Algorithm 1) or "rise" (Z >= τ,
-                the authors' code).
+            entropy_trigger: "abs" (|Z| >= τ, the paper's Algorithm 1), "rise" (Z >= τ,
+                the authors' code) or "preceding" (Z >= τ, each H_s scored against the ω
+                values before it: GXPO's gate; the GXPO authors use τ = 3).
+            fast_stage: "sfpo" (K fast passes, reposition, slow pass) or "gxpo" (GXPO, per
+                minibatch: two fast steps, extrapolation to a virtual `gxpo_virtual_steps`-step
+                point, reposition with `reposition_alpha`, one corrective step; needs
+                `fast_steps` = 2).
+            gxpo_virtual_steps: GXPO's K >= 2, the virtual step count it extrapolates to.
+            gxpo_delta: GXPO's guard: the per-coordinate scale is 1 where |1 + r| <= δ.
+            reuse_gate: what switches the fast stage (batch reuse) off for good: "entropy"
+                (the entropy trigger above) or "lm_head_grad" (DGG: the lm_head weight's
+                gradient norm, scored against its preceding `lm_head_grad_window` values;
+                reuse stops once Z >= `lm_head_grad_z_threshold`).
+            lm_head_grad_window: ω of the lm_head gradient gate (>= 2).
+            lm_head_grad_z_threshold: τ > 0 of the lm_head gradient gate.
             group_size: G completions per prompt (>= 2: advantages are relative to the group).
             policy_loss: the policy objective: "ppo" (PPO's token-level clipped ratio, GRPO's),
                 "gspo" (GSPO: the sequence-level ratio, clipped per sequence) or "cispo"
@@ -252,6 +280,12 @@ class SFPOConfig(AlgorithmConfig):
             self.entropy_z_threshold = entropy_z_threshold
         if entropy_trigger is not NotProvided:
             self.entropy_trigger = entropy_trigger
+        for name, value in (("fast_stage", fast_stage), ("gxpo_virtual_steps", gxpo_virtual_steps),
+                            ("gxpo_delta", gxpo_delta), ("reuse_gate", reuse_gate),
+                            ("lm_head_grad_window", lm_head_grad_window),
+                            ("lm_head_grad_z_threshold", lm_head_grad_z_threshold)):
+            if value is not NotProvided:
+                setattr(self, name, value)
         if group_size is not NotProvided:
             self.group_size = group_size
         if policy_loss is not NotProvided:
@@ -565,7 +599,9 @@ class SFPOConfig(AlgorithmConfig):
                     and self.entropy_z_threshold > 0, "entropy_z_threshold",
                     "must be > 0", "The paper uses 1.0; use math.inf to never switch off.")
         self._check(_is_name(self.entropy_trigger, TRIGGER_RULES), "entropy_trigger",
-                    f"must be one of {TRIGGER_RULES}", "'abs' is the paper's rule, 'rise' the authors' code.")
+                    f"must be one of {TRIGGER_RULES}",
+                    "'abs' is the paper's rule, 'rise' the authors' code, 'preceding' GXPO's gate.")
+        self._validate_family()
         self._validate_loss_variants()
         self._validate_dynamic_sampling()
         self._validate_lora()
@@ -582,6 +618,24 @@ class SFPOConfig(AlgorithmConfig):
                     "must be two numbers in [0, 1)", "Use [0.9, 0.999].")
         self._check(_is_name(self.on_reward_error, ON_REWARD_ERROR), "on_reward_error", f"must be one of {ON_REWARD_ERROR}",
                     "'raise' stops at the first verifier error; 'zero' scores it 0 and counts it.")
+
+    def _validate_family(self) -> None:
+        self._check(_is_name(self.fast_stage, FAST_STAGES), "fast_stage", f"must be one of {FAST_STAGES}",
+                    "'sfpo' is SFPO's K fast passes, 'gxpo' GXPO's extrapolated two.")
+        if self.fast_stage == "gxpo":
+            self._check(self.fast_steps in (0, 2), "fast_steps", "must be 2 (or 0, no fast stage) with fast_stage='gxpo'",
+                        "GXPO always takes two fast steps and extrapolates to gxpo_virtual_steps; set fast_steps=2.")
+        self._check(_is_int(self.gxpo_virtual_steps) and self.gxpo_virtual_steps >= 2, "gxpo_virtual_steps",
+                    "must be an int >= 2", "The GXPO authors use 5 (and 10 in their efficiency runs).")
+        self._check(_is_num(self.gxpo_delta) and self.gxpo_delta > 0, "gxpo_delta", "must be > 0",
+                    "The GXPO authors use 1e-8.")
+        self._check(_is_name(self.reuse_gate, REUSE_GATES), "reuse_gate", f"must be one of {REUSE_GATES}",
+                    "'entropy' is the entropy trigger, 'lm_head_grad' DGG's lm_head gradient-norm gate.")
+        self._check(_is_int(self.lm_head_grad_window) and self.lm_head_grad_window >= 2, "lm_head_grad_window",
+                    "must be an int >= 2", "Try 10.")
+        self._check((_is_num(self.lm_head_grad_z_threshold) or self.lm_head_grad_z_threshold == math.inf)
+                    and self.lm_head_grad_z_threshold > 0, "lm_head_grad_z_threshold",
+                    "must be > 0", "Try 3.0; use math.inf to never switch off.")
 
     def _validate_loss_variants(self) -> None:
         self._check(_is_name(self.policy_loss, POLICY_LOSSES), "policy_loss", f"must be one of {tuple(POLICY_LOSSES)}",

@@ -14,6 +14,16 @@ III. Slow correction: one more pass from θ̃.
 With α = 0 (or K = 0) stages I and II are skipped entirely, as in Algorithm 1, so the
 optimizer state is exactly GRPO's: that is what makes GRPO and SFPO(α=0) bit-identical.
 
+``fast_stage="gxpo"`` (GXPO, gxpo.py) runs stages I–III per minibatch instead, as the GXPO
+authors' ``update_policy_gxpo`` / ``_gxpo_minibatch_step`` do (SwapniL-afk-now/final-gxpo,
+Code/SFPO/verl/workers/actor/dp_actor.py): for each epoch and minibatch, snapshot θ⁰, two
+fast steps capturing the raw gradients g₀ and g₁, extrapolate θ² to the virtual K-step point,
+reposition with α, one corrective step. With one minibatch and K = 2 it is SFPO with two
+fast steps, bit for bit; with α = 0 it is GRPO.
+
+``reuse_gate="lm_head_grad"`` (DGG's gate, lm_head_probe.py) measures the lm_head weight's
+gradient norm in the iteration's first optimizer step (at θ⁰, before any reuse).
+
 Optimizer and LR-schedule policy through the K+1 passes (explicit, as the authors do):
   * the optimizer's moments and step count are carried through every pass, fast and
     slow, and are not touched by the reposition (θ moves, Adam's m and v do not);
@@ -39,6 +49,7 @@ others add empty ones: FSDP's collectives must pair up).
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import numpy as np
@@ -74,6 +85,8 @@ from sfpo_rllib.losses import aggregate, kl_penalty, policy_loss, truncated_is_w
 from sfpo_rllib.results import PASS_DIAGNOSTICS, LearnerResult
 from sfpo_rllib.rollout_agreement import behaviour_weight_sums, minibatches_gap
 from sfpo_rllib.slow_fast import ParameterSnapshot
+from sfpo_rllib import gxpo
+from sfpo_rllib.lm_head_probe import LmHeadGradProbe
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -87,6 +100,10 @@ _NOT_LOGGED = object()
 # (clipfrac, approx_kl, ...) are means over the micro-batch's completion tokens: averaged
 # weighted by those token counts. Either way one optimizer step logs the whole minibatch's.
 SHARE_DIAGNOSTICS = ("policy_loss", "kl")
+
+
+def _finite_above(value: float, floor: float) -> bool:
+    return math.isfinite(value) and value > floor
 
 
 def _own_copy(value):
@@ -105,6 +122,7 @@ class SFPOTorchLearner(TorchLearner):
         return_freed_memory_promptly()  # before the model's tensors are allocated (allocator.py)
         super().build()
         self._theta0 = ParameterSnapshot()
+        self._lm_head_probe = LmHeadGradProbe(self._policy().lm) if self.config.reuse_gate == "lm_head_grad" else None
         self._optimizer_steps = 0  # lifetime count of optimizer steps on this learner
         self._micro_stats: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []
         self._policy().entropy_grad = self.config.entropy_coeff != 0.0
@@ -230,15 +248,21 @@ class SFPOTorchLearner(TorchLearner):
 
         params = self._trainable()
         distance = 0.0
+        gxpo_scale = None
         steps_before = self._optimizer_steps
         diagnostics = {"fast": {}, "slow": {}}
-        if alpha > 0.0 and fast_steps > 0:
-            self._theta0.take(params)
-            for _ in range(fast_steps):  # Stage I
-                self._pass(minibatches, diagnostics["fast"])
-            distance = self._theta0.distance(params)
-            self._theta0.reposition(params, alpha)  # Stage II
-        self._pass(minibatches, diagnostics["slow"])  # Stage III (GRPO's only pass)
+        if self._lm_head_probe is not None:
+            self._lm_head_probe.arm()  # read in the iteration's first optimizer step
+        if alpha > 0.0 and fast_steps > 0 and self.config.fast_stage == "gxpo":
+            distance, gxpo_scale = self._gxpo_passes(minibatches, alpha, diagnostics)
+        else:
+            if alpha > 0.0 and fast_steps > 0:
+                self._theta0.take(params)
+                for _ in range(fast_steps):  # Stage I
+                    self._pass(minibatches, diagnostics["fast"])
+                distance = self._theta0.distance(params)
+                self._theta0.reposition(params, alpha)  # Stage II
+            self._pass(minibatches, diagnostics["slow"])  # Stage III (GRPO's only pass)
         self.after_gradient_based_update(timesteps=timesteps or {})
         micro_batches = [micro for mb in minibatches for micro in mb]
         entropy_sum = sum(float((micro[OLD_ENTROPY] * micro[COMPLETION_MASK]).sum()) for micro in micro_batches)
@@ -257,6 +281,8 @@ class SFPOTorchLearner(TorchLearner):
                 num_tokens=num_tokens,
                 entropy=entropy_sum,  # a sum: results.TOKEN_MEAN
                 reposition_distance=distance,
+                gxpo_scale_mean=gxpo_scale,
+                lm_head_grad_norm=self._lm_head_probe.value if self._lm_head_probe is not None else None,
                 optimizer_steps=self._optimizer_steps - steps_before,
                 micro_batches=sum(len(mb) for mb in minibatches),
                 real_tokens=layout["real_tokens"],
@@ -346,11 +372,73 @@ class SFPOTorchLearner(TorchLearner):
         for _ in range(self.config.num_epochs):
             for micro_batches in minibatches:
                 self._optimizer_step(micro_batches)
-                if diagnostics is not None:
-                    for name, key in DIAGNOSTIC_KEYS.items():
-                        value = self.metrics.peek((DEFAULT_MODULE_ID, key), default=_NOT_LOGGED)
-                        if value is not _NOT_LOGGED:
-                            diagnostics.setdefault(name, []).append(float(value))
+                self._record(diagnostics)
+
+    def _record(self, diagnostics: dict[str, list] | None) -> None:
+        """Append the loss diagnostics the last optimizer step logged to ``diagnostics``."""
+        if diagnostics is not None:
+            for name, key in DIAGNOSTIC_KEYS.items():
+                value = self.metrics.peek((DEFAULT_MODULE_ID, key), default=_NOT_LOGGED)
+                if value is not _NOT_LOGGED:
+                    diagnostics.setdefault(name, []).append(float(value))
+
+    def _gxpo_passes(self, minibatches, alpha: float, diagnostics: dict[str, dict]) -> tuple[float, float]:
+        """GXPO on every minibatch of every epoch; returns the mean ‖θ² − θ⁰‖ and mean scale.
+
+        Per minibatch, as the authors' ``_gxpo_minibatch_step`` (dp_actor.py): θ⁰ snapshot;
+        step 1 on g₀ and step 2 on g₁ (both captured raw, before clipping; the optimizer
+        steps on the clipped ones); θ² → θ_K → θ̃; one corrective step. The authors' degenerate
+        case, a first gradient of norm <= 1e-8 (every group of the minibatch with equal
+        rewards, say), takes that one step and moves on: plain GRPO for the minibatch.
+        The ratio's old log-probs stay θ⁰'s of the iteration, as the authors' default
+        (``gxpo_recompute_old_log_probs`` False).
+        """
+        params = self._trainable()
+        if getattr(self, "_gxpo_grads", None) is None:  # g₀ and g₁ buffers: allocated once, overwritten
+            self._gxpo_grads = tuple([torch.zeros_like(sharding.local(p)) for p in params] for _ in range(2))
+        g0, g1 = self._gxpo_grads
+        distances, scales = [], []
+        for _ in range(self.config.num_epochs):
+            for micro_batches in minibatches:
+                self._theta0.take(params)
+                self._accumulate_gradients(micro_batches)
+                self._capture_gradients(params, g0)
+                if not _finite_above(self._norm(g0), gxpo.DEGENERATE_G0_NORM):
+                    self._step_on_gradients()  # dp_actor.py: "return fallback()", one standard step
+                    self._record(diagnostics["slow"])
+                    continue
+                self._step_on_gradients()
+                self._record(diagnostics["fast"])
+                self._accumulate_gradients(micro_batches)
+                self._capture_gradients(params, g1)
+                self._step_on_gradients()
+                self._record(diagnostics["fast"])
+                distances.append(self._theta0.distance(params))
+                scales.append(gxpo.extrapolate(
+                    params, self._theta0.saved(), g0, g1, self.config.gxpo_virtual_steps, self.config.gxpo_delta
+                ))
+                self._theta0.reposition(params, alpha)
+                self._optimizer_step(micro_batches)  # the corrective step
+                self._record(diagnostics["slow"])
+        mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
+        return mean(distances) or 0.0, mean(scales)
+
+    @staticmethod
+    @torch.no_grad()
+    def _capture_gradients(params, into: list[torch.Tensor]) -> None:
+        for p, buf in zip(params, into, strict=True):
+            if p.grad is None:
+                buf.zero_()
+            else:
+                buf.copy_(sharding.local(p.grad))
+
+    def _norm(self, tensors: list[torch.Tensor]) -> float:
+        total = torch.zeros((), dtype=torch.float64)
+        for t in tensors:
+            total += t.double().pow(2).sum().cpu()
+        if self._fsdp():
+            total = sharding.sum_over_learners(total)
+        return float(total.sqrt())
 
     def _optimizer_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> None:
         """One optimizer step on one minibatch, given as its micro-batches.
@@ -360,6 +448,14 @@ class SFPOTorchLearner(TorchLearner):
         middle: zero the gradients once, forward + backward every micro-batch, then clip
         and step once on the accumulated gradient.
         """
+        self._accumulate_gradients(micro_batches)
+        self._step_on_gradients()
+
+    def _accumulate_gradients(self, micro_batches: list[dict[str, torch.Tensor]]) -> None:
+        """Zero the gradients, then forward + backward every micro-batch of one minibatch."""
+        probe = self._lm_head_probe is not None and self._lm_head_probe.armed
+        if probe:
+            self._lm_head_probe.before_backward()
         for optim in self._optimizers():
             optim.zero_grad(set_to_none=True)
         module = self.module[DEFAULT_MODULE_ID]
@@ -378,6 +474,11 @@ class SFPOTorchLearner(TorchLearner):
         if scaler is not None:
             for optim in self._optimizers():
                 scaler.unscale_(optim)  # clip the true gradient, not the scaled one
+        if probe:
+            self._lm_head_probe.read(scaler, num_learners=max(1, self.config.num_learners))
+
+    def _step_on_gradients(self) -> None:
+        """Clip the accumulated gradients and take the optimizer step (RLlib's postprocess + apply)."""
         self._log_minibatch_stats()
         gradients = {  # the registered parameters, in RLlib's order (that of registration)
             self.get_param_ref(p): p.grad for optim in self._optimizers() for group in optim.param_groups for p in group["params"]

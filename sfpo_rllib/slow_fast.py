@@ -52,6 +52,10 @@ class ParameterSnapshot:
         for saved, p in zip(self._require(), params, strict=True):
             local(p).lerp_(saved, 1.0 - alpha)
 
+    def saved(self) -> list[torch.Tensor]:
+        """θ⁰'s local shards (read only; GXPO's extrapolation reads them)."""
+        return self._require()
+
     def _require(self) -> list[torch.Tensor]:
         if self._theta0 is None:
             raise RuntimeError("ParameterSnapshot.take() must be called before the fast stage ends.")

@@ -27,7 +27,8 @@ OUR_SETTINGS = [name for setter in SETTERS
 DICT_SETTINGS = {"env_config", "test_env_config", "vllm_kwargs"}
 WRONG_VALUE = {
     "fast_steps": -1, "reposition_alpha": 1.5, "entropy_window": 1, "entropy_z_threshold": 0,
-    "entropy_trigger": "both", "group_size": 1, "clip_param": 0, "kl_coeff": -1, "entropy_coeff": math.nan,
+    "entropy_trigger": "both", "fast_stage": "gpxo", "gxpo_virtual_steps": 1, "gxpo_delta": 0,
+    "reuse_gate": "lm_head", "lm_head_grad_window": 1, "lm_head_grad_z_threshold": 0, "group_size": 1, "clip_param": 0, "kl_coeff": -1, "entropy_coeff": math.nan,
     "loss_agg": "seq-sum", "optimizer": "lion", "weight_decay": -1, "adam_betas": [0.9],
     "on_reward_error": "ignore", "model_name_or_path": "/no/such/model", "model_dtype": "int8",
     "gradient_checkpointing": 1, "max_new_tokens": 0, "max_prompt_tokens": 0, "temperature": 0, "top_p": 0,
