@@ -43,8 +43,12 @@ def same_weights(a, b):
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
+    # A fresh process, as the killed runs are: in the test process, state left by earlier
+    # tests moved the engine's log-probs in the 7th digit (rollout_logp_diff), weights equal.
     out = tmp_path_factory.mktemp("runs") / "baseline"
-    main(train_args(out))
+    proc = subprocess.run([sys.executable, "-m", "sfpo_rllib.cli", *train_args(out)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 
 
