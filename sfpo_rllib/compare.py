@@ -209,7 +209,7 @@ def table_markdown(summary: dict, num_seeds: int) -> str:
         return "-" if value is None else format(value, fmt)
 
     lines = [
-        f"| arm | start % | final % (mean ± sd) | gain, points: mean ± sd [min, max] | best % | "
+        f"| arm | start % | final % (mean ± sd) | gain, points: mean ± sd [min, max] | best %, mean of the seeds' best | "
         f"rollouts to {100 * summary['target']:.1f}% | x fewer | train s to target | x faster | "
         "seeds reaching target | train s in all |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
