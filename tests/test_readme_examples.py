@@ -36,6 +36,7 @@ RUNNERS = {  # runner ID -> the test that runs it
     "reverse-plugin": "test_plugged_in_verifier",
     "reverse-plugin-train": "test_plugged_in_verifier",
     "models-fetch": "test_models_fetch_and_list",
+    "smollm2-train": "test_smollm2_tuned_example_trains",
 }
 
 
@@ -187,3 +188,19 @@ def test_models_fetch_and_list(smollm2, capsys):
     main(listing[1:])
     out = capsys.readouterr().out
     assert str(smollm2) in out and "smollm2-135m-instruct" in out, out
+
+
+@pytest.mark.real_model
+def test_smollm2_tuned_example_trains(smollm2, tmp_path, monkeypatch):
+    """The real-model section's training command, as written but one small iteration: it loads the
+    fetched model by name, trains its LoRA adapters and exports a merged model."""
+    in_a_checkout(tmp_path, monkeypatch)
+    (train,) = commands("smollm2-train")
+    small = {"group_size": 4, "train_batch_size_per_learner": 8, "minibatch_size": 8, "max_new_tokens": 8,
+             "test_num_problems": 8, "test_samples_per_problem": 1}
+    run_cli(smaller(train, small, stop_iters="1"))
+    run = tmp_path / "runs/smollm2_sfpo_lora"
+    rows = read_metrics(str(run / "metrics.jsonl"))
+    assert [row["iteration"] for row in rows] == [0, 1]
+    assert rows[-1]["completion_tokens"] > 0 and rows[-1]["test_problems"] == 8
+    assert (run / "final_model/config.json").is_file()
