@@ -114,8 +114,9 @@ def one_learner_row(model: str, lora: bool, checkpointing: bool, budget: int, pr
     torch.set_num_threads(2)
     records = synthetic_records(prompts, length)
     learner = learner_for(model, lora=lora, checkpointing=checkpointing, budget=budget, n=len(records), length=length)
+    # The learner cuts the micro-batches (its max_tokens_per_micro_batch is the budget).
     (batch,), _ = build_learner_batches(records, group_size=8, num_learners=0, minibatch_size_per_learner=len(records),
-                                        pad_token_id=0, max_tokens_per_micro_batch=budget)
+                                        pad_token_id=0)
     rows = [(len(r.prompt_ids), len(r.completion_ids)) for r in records]
     with PeakMemory("cpu") as mem:
         t0 = time.perf_counter()
@@ -143,8 +144,9 @@ def one_ratio_row(model: str, budget: int, prompts: int, length: int, repeats: i
     torch.set_num_threads(2)
     records = synthetic_records(prompts, length)
     learner = learner_for(model, lora=True, checkpointing=False, budget=budget, n=len(records), length=length)
+    # The learner cuts the micro-batches (its max_tokens_per_micro_batch is the budget).
     (batch,), _ = build_learner_batches(records, group_size=8, num_learners=0, minibatch_size_per_learner=len(records),
-                                        pad_token_id=0, max_tokens_per_micro_batch=budget)
+                                        pad_token_id=0)
     shard = batch.policy_batches[DEFAULT_MODULE_ID]
     columns = {k: torch.from_numpy(np.asarray(shard[k])) for k in shard.keys() if k != MB_INDEX}
     columns[OLD_LOGP] = torch.zeros_like(columns["completion_mask"])  # a fixed θ⁰: the plain step's ratio input

@@ -279,3 +279,18 @@ def test_the_gpu_recipe_validates_on_its_data(smollm2, tmp_path, monkeypatch):
     _, reward, *_ = env.step("So he has \\boxed{7}.")
     assert reward == 1.0
     env.close()
+
+
+def test_the_real_model_benchmarks_rows_run(smollm2):
+    """benchmarks/real_model.py's learner row and learner-vs-plain row, at a tiny size on the
+    fetched model: they drive the learner as the trainer does, so they break when its API moves."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import real_model
+
+    folder = resolve_model(MODEL, "float32")
+    row = real_model.one_learner_row(folder, True, True, 512, 1, 16)  # LoRA, checkpointing, 8 rows <= 66 tokens
+    assert row["micro_batches"] >= 2 and row["tokens"] > 0 and row["flops"] > 0 and 0 < row["padding_efficiency"] <= 1
+    ratio = real_model.one_ratio_row(folder, 512, 1, 16, 1)
+    assert ratio["learner"] > 0 and ratio["plain"] > 0 and ratio["tokens"] == row["tokens"]
