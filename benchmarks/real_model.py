@@ -167,6 +167,12 @@ def one_ratio_row(model: str, budget: int, prompts: int, length: int, repeats: i
     return {"learner": statistics.median(times["learner"]), "plain": statistics.median(times["plain"]), "tokens": tokens}
 
 
+# Both engines stop at the random model's eos (id 1), which its uniform-ish sampling draws about
+# once in 49,152 tokens, so nearly every row generates all its tokens; tokens/s counts the tokens
+# actually generated. (vLLM refuses a stop id outside the vocabulary.)
+EOS = 1
+
+
 def one_generation_row(model: str, engine_name: str, prompts: int, tokens: int) -> dict:
     from sfpo_rllib.engines import SamplingParams
 
@@ -178,13 +184,12 @@ def one_generation_row(model: str, engine_name: str, prompts: int, tokens: int) 
             return {"error": "not installed"}
         from sfpo_rllib.engines.vllm import VLLMEngine
 
-        engine = VLLMEngine(model, dtype="float32", eos_token_id=49_152)
+        engine = VLLMEngine(model, dtype="float32", eos_token_id=EOS)
     else:
         from sfpo_rllib.engines.hf import HFGenerateEngine
         from sfpo_rllib.logprobs import load_causal_lm
 
-        # eos outside the vocabulary: every row generates all its tokens.
-        engine = HFGenerateEngine(load_causal_lm(model), pad_token_id=0, eos_token_id=49_152, max_batch_size=prompts)
+        engine = HFGenerateEngine(load_causal_lm(model), pad_token_id=0, eos_token_id=EOS, max_batch_size=prompts)
     g = torch.Generator().manual_seed(0)
     prompt_ids = [torch.randint(3, 49_152, (64,), generator=g).tolist() for _ in range(prompts)]
     engine.generate(prompt_ids[:2], 1, SamplingParams(max_new_tokens=4), seed=1)  # warm-up
