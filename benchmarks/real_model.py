@@ -59,13 +59,20 @@ PROMPT_TOKENS_MAX = 64  # synthetic prompts: 50 tokens +-25%
 PARTS = ("learner", "ratio", "generation", "iteration")
 
 
+# The random model's eos: the embedded character tokenizer's (id 1). Both generation engines stop
+# at it, and the random model draws it about once in 49,152 tokens, so nearly every row generates
+# all its tokens; tokens/s counts the tokens actually generated. (vLLM refuses a stop id outside
+# the vocabulary.)
+EOS = 1
+
+
 def save_random_model(path: str) -> None:
     """SmolLM2-135M's architecture, random weights, with the embedded character tokenizer (ids 0 =
     pad, 1 = eos; the learner never decodes, generated ids beyond its 100 decode to nothing)."""
     from sfpo_rllib.tiny_model import build_tokenizer
 
     model = build_model("smollm2-135m")
-    model.config.pad_token_id, model.config.eos_token_id, model.config.bos_token_id = 0, 1, None
+    model.config.pad_token_id, model.config.eos_token_id, model.config.bos_token_id = 0, EOS, None
     model.save_pretrained(path)
     build_tokenizer().save_pretrained(path)
 
@@ -165,12 +172,6 @@ def one_ratio_row(model: str, budget: int, prompts: int, length: int, repeats: i
             times["plain"].append(t2 - t1)
     tokens = sum(len(r.prompt_ids) + len(r.completion_ids) for r in records)
     return {"learner": statistics.median(times["learner"]), "plain": statistics.median(times["plain"]), "tokens": tokens}
-
-
-# Both engines stop at the random model's eos (id 1), which its uniform-ish sampling draws about
-# once in 49,152 tokens, so nearly every row generates all its tokens; tokens/s counts the tokens
-# actually generated. (vLLM refuses a stop id outside the vocabulary.)
-EOS = 1
 
 
 def one_generation_row(model: str, engine_name: str, prompts: int, tokens: int) -> dict:

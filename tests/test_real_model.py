@@ -281,12 +281,10 @@ def test_the_gpu_recipe_validates_on_its_data(smollm2, tmp_path, monkeypatch):
     env.close()
 
 
-def test_the_real_model_benchmarks_rows_run(smollm2):
+def test_the_real_model_benchmarks_rows_run(smollm2, monkeypatch):
     """benchmarks/real_model.py's learner row and learner-vs-plain row, at a tiny size on the
     fetched model: they drive the learner as the trainer does, so they break when its API moves."""
-    import sys
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import real_model
 
     folder = resolve_model(MODEL, "float32")
