@@ -23,7 +23,7 @@ from ray.rllib.utils.checkpoints import Checkpointable
 
 from sfpo_envs.base import Verdict
 
-from sfpo_rllib.allocator import return_freed_memory_promptly
+from sfpo_rllib.allocator import malloc_for_generation
 from sfpo_rllib.batch import pad_token_of
 from sfpo_rllib.columns import Rollout
 from sfpo_rllib.engines import SamplingParams
@@ -43,7 +43,6 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
     """Samples rollouts for SFPO/GRPO; one per Ray actor (or one local)."""
 
     def __init__(self, *, config, **kwargs):
-        return_freed_memory_promptly()  # generation allocates per step too (allocator.py)
         super().__init__(config=config, **kwargs)
         from transformers import AutoTokenizer
 
@@ -120,7 +119,8 @@ class SFPOEnvRunner(EnvRunner, Checkpointable):
     def _rollout(self, task: TextTask, indices: Sequence[int], n: int, seed: int, temperature=None):
         t0 = time.perf_counter()
         prompts = self._encode(task, indices)
-        completions = self.engine.generate(prompts, n, self._sampling(temperature), seed)
+        with malloc_for_generation():  # per-step blocks reused, not mapped afresh (allocator.py)
+            completions = self.engine.generate(prompts, n, self._sampling(temperature), seed)
         t1 = time.perf_counter()
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         expanded = [int(i) for i in indices for _ in range(n)]

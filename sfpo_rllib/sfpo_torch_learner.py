@@ -79,7 +79,7 @@ from sfpo_rllib.columns import (
     ROLLOUT_LOGP,
 )
 from sfpo_rllib import rllib_compat, sharding
-from sfpo_rllib.allocator import return_freed_memory_promptly
+from sfpo_rllib.allocator import malloc_for_update
 from sfpo_rllib.lora import AdaptersDisabled, is_lora
 from sfpo_rllib.losses import aggregate, kl_penalty, policy_loss, truncated_is_weights
 from sfpo_rllib.results import PASS_DIAGNOSTICS, LearnerResult
@@ -119,8 +119,8 @@ OPTIMIZERS = {
 class SFPOTorchLearner(TorchLearner):
     @override(TorchLearner)
     def build(self) -> None:
-        return_freed_memory_promptly()  # before the model's tensors are allocated (allocator.py)
-        super().build()
+        with malloc_for_update():  # the update's malloc setting, before the model's tensors exist (allocator.py)
+            super().build()
         self._theta0 = ParameterSnapshot()
         self._lm_head_probe = LmHeadGradProbe(self._policy().lm) if self.config.reuse_gate == "lm_head_grad" else None
         self._optimizer_steps = 0  # lifetime count of optimizer steps on this learner
@@ -236,6 +236,12 @@ class SFPOTorchLearner(TorchLearner):
         fast_steps: int = 0,
         **kwargs,
     ) -> dict[str, Any]:
+        with malloc_for_update():  # freed activations go back at once (allocator.py)
+            return self._update(training_data=training_data, batch=batch, timesteps=timesteps, alpha=alpha,
+                                fast_steps=fast_steps)
+
+    def _update(self, *, training_data, batch, timesteps, alpha: float, fast_steps: int) -> dict[str, Any]:
+        """One iteration on this learner's shard: θ⁰ pass, fast passes and reposition (α > 0), slow pass."""
         if training_data is None:
             training_data = TrainingData(batch=batch)
         training_data.validate()

@@ -1,13 +1,14 @@
 """What runs without Ray: the pure-PyTorch modules (a GPU benchmark machine may have no Ray), and
-the process-wide allocator setting the learners and env runners make."""
+the process-wide allocator settings the learners and env runners make."""
 
+import ctypes
 import platform
 import subprocess
 import sys
 
 import pytest
 
-from sfpo_rllib.allocator import return_freed_memory_promptly
+from sfpo_rllib.allocator import malloc_for_generation, malloc_for_update
 
 # Ray, gymnasium and the environments' package made unimportable, as on a machine without them.
 WITHOUT_RAY = """
@@ -36,6 +37,30 @@ def test_pure_pytorch_modules_and_the_gpu_benchmark_import_without_ray(tmp_path)
     assert out.returncode == 0 and "imported" in out.stdout, out.stderr[-2000:]
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _block_is_mapped() -> bool:
+    """Whether glibc serves a fresh 16 MiB malloc with its own mapping (mallinfo2's hblks), not from a heap."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.free.argtypes, libc.mallinfo2.restype = ctypes.c_void_p, [ctypes.c_void_p], _Mallinfo2
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(16 * 2**20)
+    try:
+        return libc.mallinfo2().hblks == before + 1
+    finally:
+        libc.free(block)
+
+
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_the_mmap_threshold_is_set_on_glibc():
-    assert return_freed_memory_promptly() is True
+def test_each_phase_sets_its_mmap_threshold_and_a_running_update_keeps_its_own():
+    with malloc_for_generation():
+        assert not _block_is_mapped()  # generation: reused from the heaps
+    with malloc_for_update():
+        assert _block_is_mapped()  # an update: mapped on its own, returned when freed
+        with malloc_for_generation():  # rollout_lag=1 in one process: the update's setting stays
+            assert _block_is_mapped()
+    with malloc_for_generation():
+        assert not _block_is_mapped()
