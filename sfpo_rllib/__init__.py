@@ -12,6 +12,10 @@ on a machine without Ray needs.
 
 import importlib.util
 
+from sfpo_rllib.allocator import prefer_huge_pages
+
+prefer_huge_pages()  # before torch is imported below: it reads the setting once (allocator.py)
+
 __all__ = ["ALGORITHMS", "GRPO", "GRPOConfig", "SFPO", "SFPOConfig", "config_of", "register"]
 
 if importlib.util.find_spec("ray") is not None:

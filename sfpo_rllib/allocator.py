@@ -1,4 +1,4 @@
-"""glibc's malloc set per phase: freed memory returned at once in an update, reused in generation.
+"""Host memory for tensors: glibc's malloc set per phase, and huge pages for large tensors.
 
 PyTorch's CPU tensors come from plain ``malloc``. glibc serves blocks below its mmap threshold
 from its heaps, and raises that threshold (up to 32 MiB) each time a larger mmapped block is
@@ -20,6 +20,14 @@ around every update (and their build), env runners around every generation, afte
 heaps' free pages are given back (``malloc_trim``).
 When one process holds both (all local) and they overlap (``rollout_lag=1``), the update's
 setting stays while any update runs: the learner's memory is the one that grows.
+
+With a 64 KiB threshold every activation is a fresh mapping, faulted in page by page. PyTorch's
+CPU allocator can ask the kernel for 2 MiB transparent huge pages on tensors of 2 MiB and more
+(``THP_MEM_ALLOC_ENABLE=1``, read once, when torch first allocates): 512 times fewer faults.
+Measured through the CLI (SmolLM2-135M, one SFPO iteration, LoRA rank 8, gradient
+checkpointing, 8 prompts x 8, <= 192 new tokens): update 445 s without, 311 s with; peak PSS of
+all processes 2.15 and 2.44 GiB. Importing the package sets it (``prefer_huge_pages``) unless
+the variable is set already; the processes Ray starts inherit it.
 """
 
 from __future__ import annotations
@@ -27,12 +35,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import os
 import threading
 from typing import Iterator
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 UPDATE_MMAP_THRESHOLD_BYTES = 64 * 1024
 GENERATION_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's own ceiling for the raised threshold
+
+HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"  # PyTorch's CPU allocator (c10/core/impl/alloc_cpu.cpp)
+KERNEL_HUGE_PAGES = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 _lock = threading.Lock()
 _updates_running = 0
@@ -85,3 +97,13 @@ def malloc_for_generation() -> Iterator[None]:
         yield
     finally:
         release_free_heap_memory()
+
+
+def prefer_huge_pages() -> bool:
+    """Set ``THP_MEM_ALLOC_ENABLE=1`` for this process and those it starts, unless it is set
+    already (``0`` switches it off) or the kernel has no transparent huge pages. torch reads it
+    at its first allocation: a process that imported torch before this keeps what it had."""
+    if HUGE_PAGES_ENV in os.environ or not os.path.exists(KERNEL_HUGE_PAGES):
+        return False
+    os.environ[HUGE_PAGES_ENV] = "1"
+    return True

@@ -19,12 +19,14 @@ import re
 import socket
 from typing import Any, Iterator
 
+from sfpo_rllib.allocator import HUGE_PAGES_ENV
+
 LOCAL, AUTO = "local", "auto"
 ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own variable, read by ray.init and `ray job submit`
 # The package's settings that the workers of a joined cluster must see as the driver does:
 # they are started by the cluster's raylets, not by this process, so they do not inherit its
 # environment (on a local instance they do).
-FORWARDED_ENV = ("SFPO_RLLIB_CACHE", "HF_HUB_OFFLINE")
+FORWARDED_ENV = ("SFPO_RLLIB_CACHE", "HF_HUB_OFFLINE", HUGE_PAGES_ENV)
 CONNECT_TIMEOUT_S = 5.0
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
 FIX = "start one with `ray start --head` (it prints the address), or leave --ray-address out for a local Ray"

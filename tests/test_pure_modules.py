@@ -64,3 +64,39 @@ def test_each_phase_sets_its_mmap_threshold_and_a_running_update_keeps_its_own()
             assert _block_is_mapped()
     with malloc_for_generation():
         assert not _block_is_mapped()
+
+
+# A 64 MiB tensor, then the huge pages of this process (kB). Importing the package first is what
+# sets THP_MEM_ALLOC_ENABLE (sfpo_rllib/__init__.py), before torch exists.
+HUGE_PAGES_OF_A_LARGE_TENSOR = """
+import os, sfpo_rllib, torch
+t = torch.ones(16 * 2**20)
+print(os.environ.get("THP_MEM_ALLOC_ENABLE"),
+      sum(int(line.split()[1]) for line in open("/proc/self/smaps") if line.startswith("AnonHugePages:")))
+"""
+
+
+def _huge_pages_mode() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+# With "[always]" every large mapping gets huge pages, asked or not: nothing to tell apart.
+@pytest.mark.skipif("[madvise]" not in _huge_pages_mode(), reason="the kernel's transparent huge pages are not 'madvise'")
+def test_importing_the_package_gives_large_tensors_huge_pages_unless_the_user_said_no():
+    import os
+
+    def run(**env) -> list[str]:
+        base = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+        out = subprocess.run([sys.executable, "-c", HUGE_PAGES_OF_A_LARGE_TENSOR], env={**base, **env},
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.split()
+
+    setting, huge_kb = run()
+    assert setting == "1" and int(huge_kb) >= 32 * 1024  # most of the 64 MiB in 2 MiB pages
+    setting, huge_kb = run(THP_MEM_ALLOC_ENABLE="0")
+    assert setting == "0" and int(huge_kb) < 32 * 1024
