@@ -32,6 +32,8 @@ import os
 import statistics
 import time
 
+import sfpo_rllib  # noqa: F401  before torch, as in the CLI: the package's host memory settings (allocator.py)
+
 TUNED_LORA = os.path.join(os.path.dirname(__file__), "..", "tuned_examples", "arithmetic_sfpo_lora.py")
 ALGOS = {"GRPO": {"fast_steps": 0}, "SFPO": {"fast_steps": 3, "reposition_alpha": 0.8}}
 

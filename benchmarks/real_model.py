@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 
+import sfpo_rllib  # noqa: F401  before torch, as in the CLI: the package's host memory settings (allocator.py)
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

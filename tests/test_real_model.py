@@ -292,3 +292,19 @@ def test_the_real_model_benchmarks_rows_run(smollm2, monkeypatch):
     assert row["micro_batches"] >= 2 and row["tokens"] > 0 and row["flops"] > 0 and 0 < row["padding_efficiency"] <= 1
     ratio = real_model.one_ratio_row(folder, 512, 1, 16, 1)
     assert ratio["learner"] > 0 and ratio["plain"] > 0 and ratio["tokens"] == row["tokens"]
+
+
+def test_the_allocator_benchmarks_rows_run(smollm2, monkeypatch):
+    """benchmarks/allocator_settings.py's two phases, at a tiny size on the fetched model."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import allocator_settings
+
+    import sfpo_rllib.sfpo_torch_learner as learner_module
+
+    # update_row puts its own setting in place of the learner's; put the learner's back afterwards.
+    monkeypatch.setattr(learner_module, "malloc_for_update", learner_module.malloc_for_update)
+    folder = resolve_model(MODEL, "float32")
+    generation = allocator_settings.generation_row(folder, 32 * 2**20, 4, 8)
+    assert generation["seconds"] > 0 and generation["rate"] > 0 and generation["peak_bytes"] > 2**20
+    update = allocator_settings.update_row(folder, 64 * 1024, 1, 16)
+    assert update["seconds"] > 0 and update["rate"] > 0 and update["peak_bytes"] > 2**20
