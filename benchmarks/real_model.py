@@ -229,7 +229,7 @@ def run_iteration(model: str, workdir: str, algo: str, prompts: int, tokens: int
     env = dict(os.environ, PYTHONPATH=workdir + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = os.path.join(workdir, f"run-{algo}")
     cmd = [sys.executable, "-m", "sfpo_rllib.cli", "train", "--algo", algo, "--env", "real_plugin:real/Any-v0",
-           "--config", json.dumps(settings), "--stop-iters", "1", "--output", out, "--num-cpus", "2", "--no-progress",
+           "--config", json.dumps(settings), "--stop-iters", "1", "--seed", "0", "--output", out, "--num-cpus", "2", "--no-progress",
            "--checkpoint-every", "1000"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
