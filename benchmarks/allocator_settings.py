@@ -27,7 +27,6 @@ import datetime
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -90,15 +89,11 @@ def peak_rss_bytes() -> float:
 
 
 def in_subprocess(phase: str, setting: str, *args) -> dict:
+    from real_model import child_result
+
     threshold, huge = SETTINGS[setting]
     env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1" if huge else "0")  # read once, before torch allocates
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps([phase, threshold, *args])],
-                         capture_output=True, text=True, env=env)
-    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-    if out.returncode or not line:
-        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"exit {out.returncode}: {tail}"[:160].replace("|", "/")}
-    return json.loads(line[0][len("RESULT "):])
+    return child_result(__file__, [phase, threshold, *args], env=env)
 
 
 def main() -> None:

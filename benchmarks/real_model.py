@@ -251,7 +251,12 @@ def child(kind: str, *args) -> None:
 
 
 def in_subprocess(kind: str, *args) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps([kind, *args])], capture_output=True, text=True)
+    return child_result(__file__, [kind, *args])
+
+
+def child_result(script: str, payload: list, env: dict | None = None) -> dict:
+    """``script --child PAYLOAD`` in a fresh process: its ``RESULT`` line, or {"error": its last words}."""
+    out = subprocess.run([sys.executable, script, "--child", json.dumps(payload)], capture_output=True, text=True, env=env)
     line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     if out.returncode or not line:
         tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
