@@ -106,8 +106,13 @@ def timing(args) -> None:
     ray.init(num_cpus=args.runner_threads + args.learner_threads, include_dashboard=False,
              configure_logging=False, log_to_driver=False)
     load = os.getloadavg()[0]
+    rows = []
     try:
-        rows = [time_arm(args, algo, lag) for algo in args.algos.split(",") for lag in (0, 1)]
+        for algo in args.algos.split(","):
+            for lag in (0, 1):
+                rows.append(time_arm(args, algo, lag))
+                # Each arm as it ends: at the real model's full shape one arm takes most of an hour.
+                print("arm done: " + json.dumps(rows[-1]), flush=True)
     finally:
         ray.shutdown()
     print(f"model {args.model}, {args.prompts} prompts x 8, {args.tokens} new tokens, lora_rank {args.lora_rank}; "
