@@ -7,14 +7,19 @@ under one setting, the same work otherwise.
 
 * generation: the ``hf`` engine, ``--gen`` rows x new tokens (random prompts of 48 tokens),
   row-steps/s (rows x decoding steps per second) and peak RSS;
-* update: one GRPO learner update (``SFPOTorchLearner.update``, LoRA rank 8, gradient
+* update (long rows): one GRPO learner update (``SFPOTorchLearner.update``, LoRA rank 8, gradient
   checkpointing, micro-batches of 4,096 tokens) over ``--update-prompts`` x 8 synthetic
-  completions of up to ``--length`` tokens, seconds and peak RSS.
+  completions of up to ``--length`` tokens, seconds and peak RSS;
+* update (short rows): the same over the SmolLM2 tuned example's batch (8 prompts of about 45
+  tokens x 8 completions of up to 24, no checkpointing, micro-batches of 2,048 tokens, each
+  prompt once per group: ``share_prompt_prefix``).
 
 Settings: glibc's defaults (its threshold rises to 32 MiB as large blocks are freed), a fixed
-32 MiB, 4 MiB or 64 KiB threshold, and 64 KiB with huge pages (``THP_MEM_ALLOC_ENABLE=1``).
+32 MiB, 4 MiB, 2 MiB or 64 KiB threshold, each of the last three also with huge pages
+(``THP_MEM_ALLOC_ENABLE=1``).
 
-Run:  python benchmarks/allocator_settings.py                   (about 12 minutes on 2 cores)
+Run:  python benchmarks/allocator_settings.py                   (about 20 minutes on 2 cores)
+      python benchmarks/allocator_settings.py --phases "update (short rows)" --settings "fixed 64 KiB + huge pages,fixed 2 MiB + huge pages"
       python benchmarks/allocator_settings.py --quick           (small shapes: a smoke run)
       python benchmarks/allocator_settings.py --model FOLDER    (a real model folder)
 """
@@ -40,10 +45,18 @@ SETTINGS = {
     "glibc defaults": (None, False),
     "fixed 32 MiB": (32 * MiB, False),
     "fixed 4 MiB": (4 * MiB, False),
+    "fixed 4 MiB + huge pages": (4 * MiB, True),
+    "fixed 2 MiB": (2 * MiB, False),
+    "fixed 2 MiB + huge pages": (2 * MiB, True),
     "fixed 64 KiB": (64 * 1024, False),
     "fixed 64 KiB + huge pages": (64 * 1024, True),
 }
-PHASES = ("generation", "update")
+# update phases: name -> (checkpointing, micro-batch budget, prompt tokens, share_prompt_prefix)
+UPDATE_SHAPES = {
+    "update (long rows)": (True, 4096, 50, False),
+    "update (short rows)": (False, 2048, 45, True),  # tuned_examples/smollm2_sfpo_lora.py
+}
+PHASES = ("generation", *UPDATE_SHAPES)
 
 
 def generation_row(model: str, threshold: int | None, rows: int, tokens: int) -> dict:
@@ -68,7 +81,7 @@ def generation_row(model: str, threshold: int | None, rows: int, tokens: int) ->
     return {"seconds": seconds, "rate": rows * steps / seconds, "peak_bytes": peak_rss_bytes()}
 
 
-def update_row(model: str, threshold: int | None, prompts: int, length: int) -> dict:
+def update_row(model: str, threshold: int | None, shape: str, prompts: int, length: int) -> dict:
     import real_model
     import sfpo_rllib.sfpo_torch_learner as learner_module
     from sfpo_rllib.allocator import set_mmap_threshold
@@ -80,7 +93,8 @@ def update_row(model: str, threshold: int | None, prompts: int, length: int) -> 
         yield
 
     learner_module.malloc_for_update = this_setting
-    r = real_model.one_learner_row(model, True, True, 4096, prompts, length)
+    checkpointing, budget, prompt_length, share = UPDATE_SHAPES[shape]
+    r = real_model.one_learner_row(model, True, checkpointing, budget, prompts, length, prompt_length, share)
     return {"seconds": r["seconds"], "rate": r["tokens"] / r["seconds"], "peak_bytes": r["peak_bytes"]}
 
 
@@ -100,45 +114,57 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a real model folder (default: SmolLM2-135M's architecture, random weights)")
     parser.add_argument("--gen", type=int, nargs=2, default=[64, 96], metavar=("ROWS", "TOKENS"))
-    parser.add_argument("--update-prompts", type=int, default=4, help="prompts (x 8 completions) of the update")
-    parser.add_argument("--length", type=int, default=192, help="longest completion of the update (25-100%%)")
-    parser.add_argument("--quick", action="store_true", help="8 x 16 generation, a 1-prompt update of <= 32 tokens")
+    parser.add_argument("--update-prompts", type=int, default=4, help="prompts (x 8 completions) of the long-row update")
+    parser.add_argument("--length", type=int, default=192, help="longest completion of the long-row update (25-100%%)")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of: {', '.join(PHASES)}")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of: {', '.join(SETTINGS)}")
+    parser.add_argument("--quick", action="store_true", help="8 x 16 generation, 1-prompt updates of <= 32 and 24 tokens")
     parser.add_argument("--out", help="also write the table as markdown to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        phase, threshold, *rest = json.loads(args.child)
-        row = (generation_row if phase == "generation" else update_row)(rest[0], threshold, *rest[1:])
+        phase, threshold, model, *shape = json.loads(args.child)
+        row = generation_row(model, threshold, *shape) if phase == "generation" else update_row(model, threshold, phase, *shape)
         print("RESULT " + json.dumps(row))
         return
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    for name, given, known in (("--phases", phases, PHASES), ("--settings", settings, SETTINGS)):
+        unknown = [g for g in given if g not in known]
+        if unknown or not given:
+            parser.exit(2, f"allocator_settings.py: {name} {unknown or given!r}: each must be one of {', '.join(known)}; "
+                           "pick from those (comma-separated).\n")
     if args.quick:
         args.gen, args.update_prompts, args.length = [8, 16], 1, 32
+    short_rows = (1, 24) if args.quick else (8, 24)
 
     from real_arch import cpu_name, markdown_table
     from real_model import save_random_model
 
     header = (f"# Host memory settings, SmolLM2-135M's architecture{' (' + args.model + ')' if args.model else ' (random weights)'}\n\n"
               f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}, 2 torch threads; "
-              f"generation {args.gen[0]} rows x {args.gen[1]} new tokens; update: GRPO, LoRA r8, checkpointing, "
-              f"{args.update_prompts} x 8 completions <= {args.length} tokens; command: `python {' '.join(sys.argv)}`")
+              f"generation {args.gen[0]} rows x {args.gen[1]} new tokens; updates: GRPO, LoRA r8; long rows: checkpointing, "
+              f"{args.update_prompts} x 8 completions <= {args.length} tokens, 4,096-token micro-batches; short rows: "
+              f"{short_rows[0]} x 8 completions <= {short_rows[1]} tokens, prompts once per group, 2,048-token micro-batches; "
+              f"command: `python {' '.join(sys.argv)}`")
     print(header, flush=True)
-    headers = ["phase", "setting", "seconds", "rate", "vs glibc defaults", "peak RSS GiB", "error"]
+    headers = ["phase", "setting", "seconds", "rate", "vs first setting", "peak RSS GiB", "error"]
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         model = args.model
         if not model:
             model = os.path.join(workdir, "smollm2-135m-random")
             save_random_model(model)
-        for phase in PHASES:
-            shape = [*args.gen] if phase == "generation" else [args.update_prompts, args.length]
+        for phase in phases:
+            shape = {"generation": [*args.gen], "update (long rows)": [args.update_prompts, args.length]}.get(phase, [*short_rows])
             unit = "row-steps/s" if phase == "generation" else "tokens/s"
             base = None
-            for setting in SETTINGS:
+            for setting in settings:
                 r = in_subprocess(phase, setting, model, *shape)
                 if "error" in r:
                     rows.append([phase, setting, "", "", "", "", r["error"]])
                 else:
-                    base = r["seconds"] if setting == "glibc defaults" else base
+                    base = base or r["seconds"]
                     rows.append([phase, setting, f"{r['seconds']:.1f}", f"{r['rate']:.0f} {unit}",
                                  f"{r['seconds'] / base:.2f}x" if base else "", f"{r['peak_bytes'] / GiB:.2f}", ""])
                 print(markdown_table(headers, rows[-1:]).splitlines()[-1], flush=True)

@@ -93,7 +93,8 @@ def synthetic_records(prompts: int, completion_len: int, prompt_len: int = 50, s
     return records
 
 
-def learner_for(model: str, *, lora: bool, checkpointing: bool, budget: int, n: int, length: int):
+def learner_for(model: str, *, lora: bool, checkpointing: bool, budget: int, n: int, length: int,
+                share_prompt_prefix: bool = False):
     from ray.rllib.core import DEFAULT_MODULE_ID
 
     from sfpo_envs import TextSpace
@@ -105,13 +106,14 @@ def learner_for(model: str, *, lora: bool, checkpointing: bool, budget: int, n: 
         .training(group_size=8, train_batch_size_per_learner=n, minibatch_size=n, lr=1e-6, lora_rank=8 if lora else 0)
         .generation(model_name_or_path=model, max_new_tokens=length, max_prompt_tokens=PROMPT_TOKENS_MAX,
                     gradient_checkpointing=checkpointing)
-        .scaling(max_tokens_per_micro_batch=budget)
+        .scaling(max_tokens_per_micro_batch=budget, share_prompt_prefix=share_prompt_prefix)
     )
     config.validate()
     return config.build_learner(spaces={DEFAULT_MODULE_ID: (TextSpace(), TextSpace())})
 
 
-def one_learner_row(model: str, lora: bool, checkpointing: bool, budget: int, prompts: int, length: int) -> dict:
+def one_learner_row(model: str, lora: bool, checkpointing: bool, budget: int, prompts: int, length: int,
+                    prompt_length: int = 50, share_prompt_prefix: bool = False) -> dict:
     """In a fresh process: one GRPO update; peak RSS of the process, tokens/s, FLOPs."""
     import copy
 
@@ -120,8 +122,9 @@ def one_learner_row(model: str, lora: bool, checkpointing: bool, budget: int, pr
     from sfpo_rllib.batch import build_learner_batches
 
     torch.set_num_threads(2)
-    records = synthetic_records(prompts, length)
-    learner = learner_for(model, lora=lora, checkpointing=checkpointing, budget=budget, n=len(records), length=length)
+    records = synthetic_records(prompts, length, prompt_length)
+    learner = learner_for(model, lora=lora, checkpointing=checkpointing, budget=budget, n=len(records), length=length,
+                          share_prompt_prefix=share_prompt_prefix)
     # The learner cuts the micro-batches (its max_tokens_per_micro_batch is the budget).
     (batch,), _ = build_learner_batches(records, group_size=8, num_learners=0, minibatch_size_per_learner=len(records),
                                         pad_token_id=0)

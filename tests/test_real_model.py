@@ -295,7 +295,7 @@ def test_the_real_model_benchmarks_rows_run(smollm2, monkeypatch):
 
 
 def test_the_allocator_benchmarks_rows_run(smollm2, monkeypatch):
-    """benchmarks/allocator_settings.py's two phases, at a tiny size on the fetched model."""
+    """benchmarks/allocator_settings.py's phases, at a tiny size on the fetched model."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import allocator_settings
 
@@ -306,5 +306,6 @@ def test_the_allocator_benchmarks_rows_run(smollm2, monkeypatch):
     folder = resolve_model(MODEL, "float32")
     generation = allocator_settings.generation_row(folder, 32 * 2**20, 4, 8)
     assert generation["seconds"] > 0 and generation["rate"] > 0 and generation["peak_bytes"] > 2**20
-    update = allocator_settings.update_row(folder, 64 * 1024, 1, 16)
-    assert update["seconds"] > 0 and update["rate"] > 0 and update["peak_bytes"] > 2**20
+    for shape in allocator_settings.UPDATE_SHAPES:
+        update = allocator_settings.update_row(folder, 64 * 1024, shape, 1, 16)
+        assert update["seconds"] > 0 and update["rate"] > 0 and update["peak_bytes"] > 2**20
