@@ -22,8 +22,10 @@ Measured (2026-12-05, 2 CPU cores; seeds 0 and 1; held-out avg@4 on 200 problems
           iteration 0: 18.5-19.8%   iteration 6: 35.5-40.5%   iteration 12: 43.6-50.4%
           (gain +23.9 and +31.9 points). GRPO with 4 epochs gained as much (+22.4, +31.9),
           one-pass GRPO less (+19.8, +19.5) in half the time: docs/pretrained_models.md.
-          One iteration: 76-95 s (generation 18-23 s, update 57-68 s); a held-out test of 800
-          completions: about 4 minutes.
+          Seed 0 again on 2026-12-07 (idle machine): the same accuracies to the digit.
+          One iteration: 66-72 s (generation 15-18 s, update 48-56 s; iterations 1-3 on
+          2026-12-07, after updates moved to a 2 MiB mmap threshold; 86-102 s the same day
+          before); a held-out test of 800 completions: 3.5-3.8 minutes.
 Compare:  sfpo-rllib compare --base tuned_examples/smollm2_sfpo_lora.py --arm 'SFPO={}' \
               --arm 'GRPO={"fast_steps": 0}' --arm 'GRPO, 4 epochs={"fast_steps": 0, "num_epochs": 4}' \
               --seeds 0,1 --output runs/smollm2_compare
