@@ -1,14 +1,12 @@
 """What runs without Ray: the pure-PyTorch modules (a GPU benchmark machine may have no Ray), and
 the process-wide allocator settings the learners and env runners make."""
 
-import ctypes
 import platform
 import subprocess
 import sys
 
 import pytest
 
-from sfpo_rllib.allocator import malloc_for_generation, malloc_for_update
 
 # Ray, gymnasium and the environments' package made unimportable, as on a machine without them.
 WITHOUT_RAY = """
@@ -37,15 +35,21 @@ def test_pure_pytorch_modules_and_the_gpu_benchmark_import_without_ray(tmp_path)
     assert out.returncode == 0 and "imported" in out.stdout, out.stderr[-2000:]
 
 
-class _Mallinfo2(ctypes.Structure):
+# Run in a fresh process: in a long-lived one (the whole suite), a free chunk of 16 MiB left in a
+# heap by earlier tests serves the request whatever the threshold, and the test would say nothing.
+PHASE_THRESHOLDS = """
+import ctypes
+from sfpo_rllib.allocator import malloc_for_generation, malloc_for_update
+
+class Mallinfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.free.argtypes, libc.mallinfo2.restype = ctypes.c_void_p, [ctypes.c_void_p], Mallinfo2
 
-def _block_is_mapped() -> bool:
-    """Whether glibc serves a fresh 16 MiB malloc with its own mapping (mallinfo2's hblks), not from a heap."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.malloc.restype, libc.free.argtypes, libc.mallinfo2.restype = ctypes.c_void_p, [ctypes.c_void_p], _Mallinfo2
+def block_is_mapped():
+    # Whether glibc serves a fresh 16 MiB malloc with its own mapping (mallinfo2's hblks), not from a heap.
     before = libc.mallinfo2().hblks
     block = libc.malloc(16 * 2**20)
     try:
@@ -53,17 +57,22 @@ def _block_is_mapped() -> bool:
     finally:
         libc.free(block)
 
+with malloc_for_generation():
+    assert not block_is_mapped(), "generation: reused from the heaps"
+with malloc_for_update():
+    assert block_is_mapped(), "an update: mapped on its own, returned when freed"
+    with malloc_for_generation():
+        assert block_is_mapped(), "rollout_lag=1 in one process: the update's setting stays"
+with malloc_for_generation():
+    assert not block_is_mapped(), "generation again: from the heaps"
+print("phases ok")
+"""
+
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_each_phase_sets_its_mmap_threshold_and_a_running_update_keeps_its_own():
-    with malloc_for_generation():
-        assert not _block_is_mapped()  # generation: reused from the heaps
-    with malloc_for_update():
-        assert _block_is_mapped()  # an update: mapped on its own, returned when freed
-        with malloc_for_generation():  # rollout_lag=1 in one process: the update's setting stays
-            assert _block_is_mapped()
-    with malloc_for_generation():
-        assert not _block_is_mapped()
+    out = subprocess.run([sys.executable, "-c", PHASE_THRESHOLDS], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "phases ok" in out.stdout, out.stderr[-2000:]
 
 
 # A 64 MiB tensor, then the huge pages of this process (kB). Importing the package first is what
