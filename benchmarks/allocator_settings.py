@@ -98,6 +98,13 @@ def update_row(model: str, threshold: int | None, shape: str, prompts: int, leng
     return {"seconds": r["seconds"], "rate": r["tokens"] / r["seconds"], "peak_bytes": r["peak_bytes"]}
 
 
+def describe_update(shape: str, prompts: int, length: int) -> str:
+    checkpointing, budget, prompt_length, share = UPDATE_SHAPES[shape]
+    return (f"{prompts} prompts of ~{prompt_length} tokens x 8 completions <= {length} tokens, "
+            f"{budget:,}-token micro-batches, checkpointing {'on' if checkpointing else 'off'}"
+            f"{', prompts once per group' if share else ''}")
+
+
 def peak_rss_bytes() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
 
@@ -136,17 +143,18 @@ def main() -> None:
                            "pick from those (comma-separated).\n")
     if args.quick:
         args.gen, args.update_prompts, args.length = [8, 16], 1, 32
-    short_rows = (1, 24) if args.quick else (8, 24)
+    # phase -> its size: generation rows x new tokens; an update's prompts x 8 and longest completion
+    sizes = {"generation": tuple(args.gen), "update (long rows)": (args.update_prompts, args.length),
+             "update (short rows)": (1 if args.quick else 8, 24)}
 
     from real_arch import cpu_name, markdown_table
     from real_model import save_random_model
 
     header = (f"# Host memory settings, SmolLM2-135M's architecture{' (' + args.model + ')' if args.model else ' (random weights)'}\n\n"
               f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}, 2 torch threads; "
-              f"generation {args.gen[0]} rows x {args.gen[1]} new tokens; updates: GRPO, LoRA r8; long rows: checkpointing, "
-              f"{args.update_prompts} x 8 completions <= {args.length} tokens, 4,096-token micro-batches; short rows: "
-              f"{short_rows[0]} x 8 completions <= {short_rows[1]} tokens, prompts once per group, 2,048-token micro-batches; "
-              f"command: `python {' '.join(sys.argv)}`")
+              f"generation {args.gen[0]} rows x {args.gen[1]} new tokens; updates: GRPO, LoRA r8"
+              + "".join(f"; {phase}: {describe_update(phase, *sizes[phase])}" for phase in UPDATE_SHAPES)
+              + f"; command: `python {' '.join(sys.argv)}`")
     print(header, flush=True)
     headers = ["phase", "setting", "seconds", "rate", "vs first setting", "peak RSS GiB", "error"]
     rows = []
@@ -156,7 +164,7 @@ def main() -> None:
             model = os.path.join(workdir, "smollm2-135m-random")
             save_random_model(model)
         for phase in phases:
-            shape = {"generation": [*args.gen], "update (long rows)": [args.update_prompts, args.length]}.get(phase, [*short_rows])
+            shape = list(sizes[phase])
             unit = "row-steps/s" if phase == "generation" else "tokens/s"
             base = None
             for setting in settings:

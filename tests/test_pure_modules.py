@@ -27,12 +27,18 @@ print("imported")
 """
 
 
+def _fresh_python(code: str, **kwargs) -> str:
+    """Run ``code`` in a new Python process (``kwargs`` go to ``subprocess.run``); its stdout."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, **kwargs)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
 def test_pure_pytorch_modules_and_the_gpu_benchmark_import_without_ray(tmp_path):
     import os
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", WITHOUT_RAY], cwd=root, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "imported" in out.stdout, out.stderr[-2000:]
+    assert "imported" in _fresh_python(WITHOUT_RAY, cwd=root)
 
 
 # Run in a fresh process: in a long-lived one (the whole suite), a free chunk of 16 MiB left in a
@@ -71,8 +77,7 @@ print("phases ok")
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_each_phase_sets_its_mmap_threshold_and_a_running_update_keeps_its_own():
-    out = subprocess.run([sys.executable, "-c", PHASE_THRESHOLDS], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "phases ok" in out.stdout, out.stderr[-2000:]
+    assert "phases ok" in _fresh_python(PHASE_THRESHOLDS)
 
 
 # A 64 MiB tensor, then the huge pages of this process (kB). Importing the package first is what
@@ -100,10 +105,7 @@ def test_importing_the_package_gives_large_tensors_huge_pages_unless_the_user_sa
 
     def run(**env) -> list[str]:
         base = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-        out = subprocess.run([sys.executable, "-c", HUGE_PAGES_OF_A_LARGE_TENSOR], env={**base, **env},
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return out.stdout.split()
+        return _fresh_python(HUGE_PAGES_OF_A_LARGE_TENSOR, env={**base, **env}).split()
 
     setting, huge_kb = run()
     assert setting == "1" and int(huge_kb) >= 32 * 1024  # most of the 64 MiB in 2 MiB pages
