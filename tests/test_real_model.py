@@ -294,6 +294,29 @@ def test_the_real_model_benchmarks_rows_run(smollm2, monkeypatch):
     assert ratio["learner"] > 0 and ratio["plain"] > 0 and ratio["tokens"] == row["tokens"]
 
 
+def test_the_decode_step_floor_multiplies_by_every_linear_weight_once(smollm2, monkeypatch):
+    """The generation table's floor: every linear layer's weight (the tied output layer too) in
+    one decoding step, QKV and gate-up concatenated as vLLM runs them; nothing lost or counted twice."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import real_model
+
+    from sfpo_rllib.logprobs import load_causal_lm
+
+    folder = resolve_model(MODEL, "float32")
+    model = load_causal_lm(folder)
+    weights = real_model.decode_step_matmuls(model)
+    layers = model.config.num_hidden_layers
+    assert len(weights) == 4 * layers + 1  # QKV, o, gate-up, down per layer; the output layer
+    kv = model.config.num_key_value_heads * model.config.hidden_size // model.config.num_attention_heads
+    assert weights[0].shape == (model.config.hidden_size + 2 * kv, model.config.hidden_size)
+    assert weights[2].shape == (2 * model.config.intermediate_size, model.config.hidden_size)
+    assert weights[-1].shape == (model.config.vocab_size, model.config.hidden_size)
+    linear_numel = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert sum(w.numel() for w in weights) == linear_numel
+    floor = real_model.one_matmul_floor_row(folder, 4, steps=2)
+    assert floor["step_s"] > 0 and floor["flops"] == 2 * 4 * linear_numel
+
+
 def test_the_allocator_benchmarks_rows_run(smollm2, monkeypatch):
     """benchmarks/allocator_settings.py's phases, at a tiny size on the fetched model."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
