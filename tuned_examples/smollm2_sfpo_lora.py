@@ -23,9 +23,10 @@ Measured (2026-12-05, 2 CPU cores; seeds 0 and 1; held-out avg@4 on 200 problems
           (gain +23.9 and +31.9 points). GRPO with 4 epochs gained as much (+22.4, +31.9),
           one-pass GRPO less (+19.8, +19.5) in half the time: docs/pretrained_models.md.
           Seed 0 again on 2026-12-07 (idle machine): the same accuracies to the digit.
-          One iteration: 66-72 s (generation 15-18 s, update 48-56 s; iterations 1-3 on
-          2026-12-07, after updates moved to a 2 MiB mmap threshold; 86-102 s the same day
-          before); a held-out test of 800 completions: 3.5-3.8 minutes.
+          One iteration: 60-73 s (generation 14-18 s, update 43-54 s; 2026-12-07, after
+          updates moved to a 2 MiB mmap threshold; 86-102 s the same day before); a held-out
+          test of 800 completions: 3.4-3.8 minutes; the whole run 24 minutes, the CLI process
+          peaking at 4.8 GiB resident.
 Compare:  sfpo-rllib compare --base tuned_examples/smollm2_sfpo_lora.py --arm 'SFPO={}' \
               --arm 'GRPO={"fast_steps": 0}' --arm 'GRPO, 4 epochs={"fast_steps": 0, "num_epochs": 4}' \
               --seeds 0,1 --output runs/smollm2_compare
