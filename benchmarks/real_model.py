@@ -319,36 +319,34 @@ def generation_section(model: str, prompts: int, tokens: int, preload: str | Non
     env = dict(os.environ, LD_PRELOAD=preload) if preload else None
     headers = ["engine", "prompts x tokens", "tokens/s", "seconds", "ms per decoding step", "x hf", "weight sync s", "error"]
     shape = f"{prompts} x {tokens}"
-    rows, step_ms = [], {}
+    rows, hf_ms = [], None
+    x_hf = lambda ms: f"{hf_ms / ms:.2f}" if hf_ms else ""  # noqa: E731  hf runs first
     for name in ("hf", "vllm"):
         r = child_result(__file__, ["generation", model, name, prompts, tokens], env)
         if "error" in r:
             rows.append([name, shape, "", "", "", "", "", r["error"]])
             continue
-        step_ms[name] = 1e3 * r["seconds"] * prompts / r["tokens"]  # mean over the rows' steps, prefill included
+        ms = 1e3 * r["seconds"] * prompts / r["tokens"]  # mean over the rows' steps, prefill included
+        hf_ms = ms if name == "hf" else hf_ms
         sync_s = "shared weights (0)" if r["sync_s"] is None else f"{r['sync_s']:.2f}"
-        rows.append([name, shape, f"{r['tokens'] / r['seconds']:.0f}", f"{r['seconds']:.0f}", f"{step_ms[name]:.0f}",
-                     "", sync_s, ""])
+        rows.append([name, shape, f"{r['tokens'] / r['seconds']:.0f}", f"{r['seconds']:.0f}", f"{ms:.0f}", x_hf(ms),
+                     sync_s, ""])
     floor = child_result(__file__, ["matmul_floor", model, prompts], env)
     if "error" in floor:
         rows.append(["matmuls alone", f"{prompts} rows", "", "", "", "", "", floor["error"]])
     else:
-        step_ms["floor"] = 1e3 * floor["step_s"]
-        rows.append(["matmuls alone", f"{prompts} rows", f"{prompts / floor['step_s']:.0f}", "", f"{step_ms['floor']:.0f}",
-                     "", "", ""])
-    for row in rows:
-        name = "floor" if row[0] == "matmuls alone" else row[0]
-        if name in step_ms and "hf" in step_ms:
-            row[5] = f"{step_ms['hf'] / step_ms[name]:.2f}"
+        floor_ms = 1e3 * floor["step_s"]
+        rows.append(["matmuls alone", f"{prompts} rows", f"{prompts / floor['step_s']:.0f}", "", f"{floor_ms:.0f}",
+                     x_hf(floor_ms), "", ""])
     text = ("## Generation\n\n" + (f"Processes started with LD_PRELOAD={preload}.\n\n" if preload else "")
             + markdown_table(headers, rows))
-    if "floor" in step_ms:
+    if "error" not in floor:
         text += (f"\n\n\"matmuls alone\": one decoding step's matmuls over {prompts} rows (every linear layer and the "
-                 f"output layer; QKV and gate-up fused, as vLLM runs them) take {step_ms['floor']:.0f} ms here "
+                 f"output layer; QKV and gate-up fused, as vLLM runs them) take {floor_ms:.0f} ms here "
                  f"({floor['flops'] / floor['step_s'] / 1e9:.0f} GFLOP/s), without attention or sampling.")
-        if "hf" in step_ms:
+        if hf_ms:
             text += (f" No engine that computes them can take less, so none can generate more than "
-                     f"{step_ms['hf'] / step_ms['floor']:.2f}x as fast as `hf` on this machine at this shape.")
+                     f"{x_hf(floor_ms)}x as fast as `hf` on this machine at this shape.")
     return text
 
 
