@@ -58,6 +58,7 @@ TIERS = {
     "test_arithmetic_env.py": "unit",
     "test_batch.py": "unit",
     "test_causal_lm_module.py": "unit",
+    "test_hf_sampler.py": "unit",
     "test_config_validation.py": "unit",
     "test_datasets.py": "unit",
     "test_entropy_trigger.py": "unit",
