@@ -273,42 +273,65 @@ def _prompt_shared_hidden(
     caller runs the full pass, when no two rows share a prompt or the model's
     cache is not the plain growing one (e.g. sliding-window layers).
     """
-    from transformers.cache_utils import DynamicLayer
-
     prompt_width = input_ids.shape[1] - completion_width
     if prompt_width == 0:
         return None
-    prompt_ids, prompt_mask = input_ids[:, :prompt_width], attention_mask[:, :prompt_width]
-    # Rows may come in any order (micro-batches are packed by length): match whole prompt columns.
-    distinct, owner = torch.unique(torch.cat([prompt_ids, prompt_mask.long()], dim=1), dim=0, return_inverse=True)
-    if len(distinct) == input_ids.shape[0]:
-        return None
-    first_rows = torch.full((len(distinct),), input_ids.shape[0], dtype=torch.long, device=input_ids.device)
-    first_rows = first_rows.scatter_reduce(0, owner, torch.arange(input_ids.shape[0], device=input_ids.device), "amin")
-    cache_arg = _cache_argument(body)
-    prompt_out = body(
-        input_ids=prompt_ids[first_rows], attention_mask=prompt_mask[first_rows],
-        position_ids=position_ids[first_rows, :prompt_width], use_cache=True,
+    shared = distinct_prompt_pass(
+        body, input_ids[:, :prompt_width], attention_mask[:, :prompt_width], position_ids[:, :prompt_width]
     )
-    cache = getattr(prompt_out, "cache", None) or getattr(prompt_out, "past_key_values", None)
-    layers = getattr(cache, "layers", None)
-    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-        _warn_once("share_prompt_prefix: this model's cache is not a plain DynamicCache; computing full rows")
+    if shared is None:
         return None
-    cache.batch_select_indices(owner)
+    prompt_out, cache, owner = shared
     completion_out = body(
         input_ids=input_ids[:, prompt_width:], attention_mask=attention_mask,
-        position_ids=position_ids[:, prompt_width:], use_cache=True, **{cache_arg: cache},
+        position_ids=position_ids[:, prompt_width:], use_cache=True, **{cache_argument(body): cache},
     )
     last_prompt_hidden = prompt_out.last_hidden_state[owner, -1:]  # predicts the first completion token
     return torch.cat([last_prompt_hidden, completion_out.last_hidden_state[:, :-1]], dim=1)
 
 
-def _cache_argument(body: torch.nn.Module) -> str:
+def distinct_prompt_pass(
+    body: torch.nn.Module,
+    prompt_ids: torch.Tensor,  # (B, P), left-padded
+    prompt_mask: torch.Tensor,  # (B, P)
+    position_ids: torch.Tensor,  # (B, P)
+):
+    """Runs each distinct prompt row through ``body`` once, with a cache.
+
+    Returns (the distinct rows' output, a cache holding every row's copy of its prompt's
+    keys and values, ``owner``: each row's index among the distinct rows). Rows may come in
+    any order: whole prompt columns are matched. Returns None when no two rows share a
+    prompt, or when the model's cache is not the plain growing one (e.g. sliding-window
+    layers), where rows cannot be copied this way.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    distinct, owner = torch.unique(torch.cat([prompt_ids, prompt_mask.long()], dim=1), dim=0, return_inverse=True)
+    rows = prompt_ids.shape[0]
+    if len(distinct) == rows:
+        return None
+    first_rows = torch.full((len(distinct),), rows, dtype=torch.long, device=prompt_ids.device)
+    first_rows = first_rows.scatter_reduce(0, owner, torch.arange(rows, device=prompt_ids.device), "amin")
+    prompt_out = body(
+        input_ids=prompt_ids[first_rows], attention_mask=prompt_mask[first_rows],
+        position_ids=position_ids[first_rows], use_cache=True,
+    )
+    cache = getattr(prompt_out, "cache", None) or getattr(prompt_out, "past_key_values", None)
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        _warn_once("shared prompt pass: this model's cache is not a plain DynamicCache; computing full rows")
+        return None
+    cache.batch_select_indices(owner)
+    return prompt_out, cache, owner
+
+
+def cache_argument(model: torch.nn.Module) -> str:
     """transformers 5.2x names the forward's cache argument ``cache``; earlier, ``past_key_values``."""
     import inspect
 
-    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+    if is_lora(model):  # PEFT's wrapper forwards **kwargs: ask the model it wraps
+        model = model.get_base_model()
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 _WARNED: set[str] = set()

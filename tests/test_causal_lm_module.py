@@ -114,3 +114,18 @@ def test_engine_is_reproducible_for_a_seed_and_varies_across_seeds(random_model_
     assert a == engine.generate([[5, 6]], n=8, params=params, seed=1)
     assert a != engine.generate([[5, 6]], n=8, params=params, seed=2)
     assert all(0 <= t < VOCAB for c in a for t in c)
+
+
+def test_engine_runs_each_prompt_prefix_once_per_group(random_model_factory):
+    """G rows of a prompt share its keys and values: the body sees each distinct prompt's
+    columns but the last once, then every row from the last prompt column on."""
+    module = module_for(random_model_factory("llama"))
+    seen = []
+    hook = module.lm.get_input_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    try:
+        engine = HFGenerateEngine(module.lm, pad_token_id=0, eos_token_id=1)
+        engine.generate([[5, 6, 7, 8], [9, 10]], n=4, params=SamplingParams(max_new_tokens=3), seed=0)
+    finally:
+        hook.remove()
+    assert seen[0] == (2, 3)  # two distinct prompts, 3 of their 4 (left-padded) columns
+    assert seen[1] == (8, 1)  # generate continues every row from the last prompt column

@@ -9,6 +9,8 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from sfpo_rllib.engines.base import Completion, RolloutEngine, SamplingParams
+from sfpo_rllib.logprobs import cache_argument, distinct_prompt_pass
+from sfpo_rllib.lora import is_lora
 
 
 class InverseCdfSampler(LogitsProcessor):
@@ -126,12 +128,15 @@ class HFGenerateEngine(RolloutEngine):
                 for i, r in enumerate(chunk):  # left padding: completions start at one column
                     input_ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
                     attention_mask[i, width - len(r) :] = 1
+                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+                prefix = self._shared_prefix_cache(input_ids, attention_mask)
                 sampler = InverseCdfSampler(params.temperature, params.top_k, params.top_p)
                 sequences = self.model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
                     generation_config=config,
                     logits_processor=LogitsProcessorList([sampler]),
+                    **({} if prefix is None else {cache_argument(self.model): prefix}),
                 )
                 logprobs = sampler.logprobs().tolist()  # (B, >= T_new)
                 generated = sequences[:, width:].tolist()  # (B, T_new), ragged rows padded after eos
@@ -141,6 +146,19 @@ class HFGenerateEngine(RolloutEngine):
         finally:
             self.model.train(was_training)
         return out
+
+    def _shared_prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """The G rows of a group share their prompt: its columns but the last run once per
+        distinct prompt, and ``generate`` continues from that cache (copied to every row) with
+        the last column. None, and ``generate`` runs every row whole, when no two rows share
+        a prefix or the model's cache cannot be copied per row."""
+        if input_ids.shape[1] < 2:
+            return None
+        prefix_ids, prefix_mask = input_ids[:, :-1], attention_mask[:, :-1]
+        position_ids = (prefix_mask.cumsum(dim=-1) - 1).clamp(min=0)  # generate's, for left padding
+        lm = self.model.get_base_model() if is_lora(self.model) else self.model
+        shared = distinct_prompt_pass(lm.base_model, prefix_ids, prefix_mask, position_ids)
+        return None if shared is None else shared[1]
 
     def _strip(self, row: list[int], max_new_tokens: int) -> list[int]:
         """Keep tokens up to and including the first eos; drop generate's padding."""
