@@ -11,9 +11,9 @@ locally (``--model PATH`` takes a real folder instead, e.g. the fetched SmolLM2)
 * the learner's update against a plain PyTorch step on the same model and the same
   micro-batches (full logits, log_softmax, clipped surrogate, backward, AdamW): the ratio of
   per-token cost, repeats alternated, medians.
-* generation: the ``hf`` engine (and ``vllm`` where installed), N prompts x T new tokens, and
-  the floor of a decoding step here, its matmuls alone, which bounds any engine's speed-up over
-  ``hf`` on this machine.
+* generation: the ``hf`` engine, transformers' own ``generate`` on the same rows, and ``vllm``
+  where installed, N prompts x G completions x T new tokens, and the floor of a decoding step
+  here, its matmuls alone, which bounds any engine's speed-up over ``hf`` on this machine.
 * one SFPO (K = 3) and one GRPO iteration through the CLI (8 prompts x 8 completions, <= 192
   new tokens, LoRA rank 8, micro-batches of 4,096 tokens, gradient checkpointing): the time
   split (generate / update / weight sync / rest) and the peak memory of all its processes
@@ -180,10 +180,23 @@ def one_ratio_row(model: str, budget: int, prompts: int, length: int, repeats: i
     return {"learner": statistics.median(times["learner"]), "plain": statistics.median(times["plain"]), "tokens": tokens}
 
 
-def one_generation_row(model: str, engine_name: str, prompts: int, tokens: int) -> dict:
+def one_generation_row(model: str, engine_name: str, prompts: int, tokens: int, group: int = 1) -> dict:
+    """``group`` completions of each of ``prompts`` random 64-token prompts, up to ``tokens`` new tokens.
+    "generate" is transformers' own sampling on the same rows (every row whole, no log-probs):
+    what the ``hf`` engine is measured against."""
     from sfpo_rllib.engines import SamplingParams
+    from sfpo_rllib.logprobs import load_causal_lm
 
     torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(0)
+    prompt_ids = [torch.randint(3, 49_152, (64,), generator=g).tolist() for _ in range(prompts)]
+    if engine_name == "generate":
+        lm = load_causal_lm(model)
+        sample = lambda ids, n, new, seed: plain_generate(lm, ids, n, new, seed)  # noqa: E731
+        sample(prompt_ids[:2], 1, 4, 1)  # warm-up
+        t0 = time.perf_counter()
+        new_tokens = sample(prompt_ids, group, tokens, 0)
+        return {"seconds": time.perf_counter() - t0, "tokens": new_tokens, "sync_s": None}
     if engine_name == "vllm":
         try:
             import vllm  # noqa: F401
@@ -194,22 +207,33 @@ def one_generation_row(model: str, engine_name: str, prompts: int, tokens: int) 
         engine = VLLMEngine(model, dtype="float32", eos_token_id=EOS)
     else:
         from sfpo_rllib.engines.hf import HFGenerateEngine
-        from sfpo_rllib.logprobs import load_causal_lm
 
-        engine = HFGenerateEngine(load_causal_lm(model), pad_token_id=0, eos_token_id=EOS, max_batch_size=prompts)
-    g = torch.Generator().manual_seed(0)
-    prompt_ids = [torch.randint(3, 49_152, (64,), generator=g).tolist() for _ in range(prompts)]
+        engine = HFGenerateEngine(load_causal_lm(model), pad_token_id=0, eos_token_id=EOS,
+                                  max_batch_size=prompts * group)
     engine.generate(prompt_ids[:2], 1, SamplingParams(max_new_tokens=4), seed=1)  # warm-up
     t0 = time.perf_counter()
-    completions = engine.generate(prompt_ids, 1, SamplingParams(max_new_tokens=tokens), seed=0)
+    completions = engine.generate(prompt_ids, group, SamplingParams(max_new_tokens=tokens), seed=0)
     seconds = time.perf_counter() - t0
     sync_s = None
     if engine_name == "vllm":
-        from sfpo_rllib.logprobs import load_causal_lm
-
         sync_s = engine.load_weights(load_causal_lm(model).state_dict())
     engine.close()
     return {"seconds": seconds, "tokens": sum(len(c) for c in completions), "sync_s": sync_s}
+
+
+@torch.no_grad()
+def plain_generate(lm, prompt_ids: list[list[int]], n: int, max_new_tokens: int, seed: int) -> int:
+    """transformers' ``generate`` as a user would call it (multinomial sampling at temperature 1,
+    no top-k/top-p); the prompts are of one length, so no padding. Returns the new tokens kept
+    (up to and including each row's first eos)."""
+    rows = torch.tensor([p for p in prompt_ids for _ in range(n)])
+    torch.manual_seed(seed)
+    out = lm.generate(input_ids=rows, attention_mask=torch.ones_like(rows), do_sample=True, temperature=1.0, top_k=0,
+                      top_p=1.0, max_new_tokens=max_new_tokens, eos_token_id=EOS, pad_token_id=0)
+    new = out[:, rows.shape[1]:]
+    stopped = (new == EOS).int()
+    after_eos = stopped.cumsum(dim=1) - stopped > 0  # the padding generate appends after a row's eos
+    return int((~after_eos).sum())
 
 
 # Linear layers that read the same input, which vLLM runs as one matmul (its QKV and gate-up layers).
@@ -313,35 +337,38 @@ def child_result(script: str, payload: list, env: dict | None = None) -> dict:
     return json.loads(line[0][len("RESULT "):])
 
 
-def generation_section(model: str, prompts: int, tokens: int, preload: str | None) -> str:
-    """Both engines, N prompts x T new tokens, and the floor their decoding steps cannot beat here:
-    the step's matmuls alone. hf's step over that floor bounds any engine's speed-up over hf."""
+def generation_section(model: str, prompts: int, tokens: int, group: int, preload: str | None) -> str:
+    """Both engines and transformers' own ``generate``, N prompts x G completions x T new tokens,
+    and the floor their decoding steps cannot beat here: the step's matmuls alone. hf's step over
+    that floor bounds any engine's speed-up over hf."""
     env = dict(os.environ, LD_PRELOAD=preload) if preload else None
-    headers = ["engine", "prompts x tokens", "tokens/s", "seconds", "ms per decoding step", "x hf", "weight sync s", "error"]
-    shape = f"{prompts} x {tokens}"
+    headers = ["engine", "prompts x completions x tokens", "tokens/s", "seconds", "ms per decoding step", "x hf",
+               "weight sync s", "error"]
+    shape, batch = f"{prompts} x {group} x {tokens}", prompts * group
     rows, hf_ms = [], None
     x_hf = lambda ms: f"{hf_ms / ms:.2f}" if hf_ms else ""  # noqa: E731  hf runs first
-    for name in ("hf", "vllm"):
-        r = child_result(__file__, ["generation", model, name, prompts, tokens], env)
+    for name in ("hf", "generate", "vllm"):
+        r = child_result(__file__, ["generation", model, name, prompts, tokens, group], env)
         if "error" in r:
             rows.append([name, shape, "", "", "", "", "", r["error"]])
             continue
-        ms = 1e3 * r["seconds"] * prompts / r["tokens"]  # mean over the rows' steps, prefill included
+        ms = 1e3 * r["seconds"] * batch / r["tokens"]  # mean over the rows' steps, prefill included
         hf_ms = ms if name == "hf" else hf_ms
         sync_s = "shared weights (0)" if r["sync_s"] is None else f"{r['sync_s']:.2f}"
+        name = "transformers generate" if name == "generate" else name
         rows.append([name, shape, f"{r['tokens'] / r['seconds']:.0f}", f"{r['seconds']:.0f}", f"{ms:.0f}", x_hf(ms),
                      sync_s, ""])
-    floor = child_result(__file__, ["matmul_floor", model, prompts], env)
+    floor = child_result(__file__, ["matmul_floor", model, batch], env)
     if "error" in floor:
-        rows.append(["matmuls alone", f"{prompts} rows", "", "", "", "", "", floor["error"]])
+        rows.append(["matmuls alone", f"{batch} rows", "", "", "", "", "", floor["error"]])
     else:
         floor_ms = 1e3 * floor["step_s"]
-        rows.append(["matmuls alone", f"{prompts} rows", f"{prompts / floor['step_s']:.0f}", "", f"{floor_ms:.0f}",
+        rows.append(["matmuls alone", f"{batch} rows", f"{batch / floor['step_s']:.0f}", "", f"{floor_ms:.0f}",
                      x_hf(floor_ms), "", ""])
     text = ("## Generation\n\n" + (f"Processes started with LD_PRELOAD={preload}.\n\n" if preload else "")
             + markdown_table(headers, rows))
     if "error" not in floor:
-        text += (f"\n\n\"matmuls alone\": one decoding step's matmuls over {prompts} rows (every linear layer and the "
+        text += (f"\n\n\"matmuls alone\": one decoding step's matmuls over {batch} rows (every linear layer and the "
                  f"output layer; QKV and gate-up fused, as vLLM runs them) take {floor_ms:.0f} ms here "
                  f"({floor['flops'] / floor['step_s'] / 1e9:.0f} GFLOP/s), without attention or sampling.")
         if hf_ms:
@@ -359,6 +386,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8, help="prompts (x 8 completions) per learner update")
     parser.add_argument("--length", type=int, default=192, help="longest completion (lengths vary 25-100%%)")
     parser.add_argument("--gen", type=int, nargs=2, default=[64, 256], metavar=("PROMPTS", "TOKENS"))
+    parser.add_argument("--gen-group", type=int, default=1, metavar="G",
+                        help="completions per generation prompt (GRPO's group: the hf engine runs a shared prompt once)")
     parser.add_argument("--iteration", type=int, nargs=2, default=[8, 192], metavar=("PROMPTS", "TOKENS"),
                         help="prompts (x 8) and new tokens of the CLI iterations")
     parser.add_argument("--algo", nargs="+", default=["SFPO", "GRPO"], choices=["SFPO", "GRPO"])
@@ -422,7 +451,7 @@ def main() -> None:
                             + markdown_table(headers, [row]))
             print(sections[-1], flush=True)
         if "generation" in args.only:
-            sections.append(generation_section(model, *args.gen, preload=args.preload))
+            sections.append(generation_section(model, *args.gen, args.gen_group, preload=args.preload))
             print(sections[-1], flush=True)
         if "iteration" in args.only:
             headers = ["algo", "iteration s", "generate s", "update s", "weight sync s", "other s", "peak PSS GiB (all)",

@@ -282,8 +282,9 @@ def test_the_gpu_recipe_validates_on_its_data(smollm2, tmp_path, monkeypatch):
 
 
 def test_the_real_model_benchmarks_rows_run(smollm2, monkeypatch):
-    """benchmarks/real_model.py's learner row and learner-vs-plain row, at a tiny size on the
-    fetched model: they drive the learner as the trainer does, so they break when its API moves."""
+    """benchmarks/real_model.py's learner, learner-vs-plain and generation rows, at a tiny size on
+    the fetched model: they drive the learner and the engine as the trainer does, so they break
+    when those APIs move."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import real_model
 
@@ -292,6 +293,9 @@ def test_the_real_model_benchmarks_rows_run(smollm2, monkeypatch):
     assert row["micro_batches"] >= 2 and row["tokens"] > 0 and row["flops"] > 0 and 0 < row["padding_efficiency"] <= 1
     ratio = real_model.one_ratio_row(folder, 512, 1, 16, 1)
     assert ratio["learner"] > 0 and ratio["plain"] > 0 and ratio["tokens"] == row["tokens"]
+    for engine in ("hf", "generate"):  # our engine and transformers' own sampling, 2 prompts x 3 x <= 5 tokens
+        generation = real_model.one_generation_row(folder, engine, 2, 5, 3)
+        assert generation["seconds"] > 0 and 6 <= generation["tokens"] <= 30, (engine, generation)
 
 
 def test_the_decode_step_floor_multiplies_by_every_linear_weight_once(smollm2, monkeypatch):
