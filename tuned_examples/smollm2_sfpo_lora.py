@@ -22,11 +22,12 @@ Measured (2026-12-05, 2 CPU cores; seeds 0 and 1; held-out avg@4 on 200 problems
           iteration 0: 18.5-19.8%   iteration 6: 35.5-40.5%   iteration 12: 43.6-50.4%
           (gain +23.9 and +31.9 points). GRPO with 4 epochs gained as much (+22.4, +31.9),
           one-pass GRPO less (+19.8, +19.5) in half the time: docs/pretrained_models.md.
-          Seed 0 again on 2026-12-07 (idle machine): the same accuracies to the digit.
-          One iteration: 60-73 s (generation 14-18 s, update 43-54 s; 2026-12-07, after
-          updates moved to a 2 MiB mmap threshold; 86-102 s the same day before); a held-out
-          test of 800 completions: 3.4-3.8 minutes; the whole run 24 minutes, the CLI process
-          peaking at 4.8 GiB resident.
+          Seeds 0 and 1 again on 2026-12-07 (idle machine), after the `hf` engine got its own
+          sampler and one prompt pass per group (new draws, the same distribution):
+          20.8 -> 41.1 -> 44.9% and 17.4 -> 38.0 -> 46.6% (+24.1, +29.3). One iteration:
+          36-68 s (generation 5-12 s, update 31-60 s); a held-out test of 800 completions:
+          102-124 s; the whole run 16-17 minutes, the CLI process peaking at about 5 GiB
+          resident.
 Compare:  sfpo-rllib compare --base tuned_examples/smollm2_sfpo_lora.py --arm 'SFPO={}' \
               --arm 'GRPO={"fast_steps": 0}' --arm 'GRPO, 4 epochs={"fast_steps": 0, "num_epochs": 4}' \
               --seeds 0,1 --output runs/smollm2_compare
