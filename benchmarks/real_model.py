@@ -192,10 +192,9 @@ def one_generation_row(model: str, engine_name: str, prompts: int, tokens: int, 
     prompt_ids = [torch.randint(3, 49_152, (64,), generator=g).tolist() for _ in range(prompts)]
     if engine_name == "generate":
         lm = load_causal_lm(model)
-        sample = lambda ids, n, new, seed: plain_generate(lm, ids, n, new, seed)  # noqa: E731
-        sample(prompt_ids[:2], 1, 4, 1)  # warm-up
+        plain_generate(lm, prompt_ids[:2], 1, 4, seed=1)  # warm-up
         t0 = time.perf_counter()
-        new_tokens = sample(prompt_ids, group, tokens, 0)
+        new_tokens = plain_generate(lm, prompt_ids, group, tokens, seed=0)
         return {"seconds": time.perf_counter() - t0, "tokens": new_tokens, "sync_s": None}
     if engine_name == "vllm":
         try:

@@ -205,11 +205,8 @@ def completion_logp_and_entropy(
     ``share_prompt_prefix`` (chunked path only) consecutive rows with the same prompt run it
     through the model once (``_prompt_shared_hidden``).
     """
-    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
-    if is_lora(lm):
-        # PEFT injects its LoRA layers into the model it wraps, and the wrapper only calls it:
-        # the wrapped model has the body and output layer that the chunked path needs.
-        lm = lm.get_base_model()
+    position_ids = left_padded_positions(attention_mask)
+    lm = unwrap_lora(lm)  # the body and output layer that the chunked path needs
     head = LogitHead.of(lm) if chunk_tokens else None
     entropy_grad = entropy_grad and torch.is_grad_enabled()
     if head is None:
@@ -253,6 +250,19 @@ def completion_logp_and_entropy(
     if not entropy_grad:
         entropy = entropy.detach()
     return logp, entropy
+
+
+def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows: each row's first real token is at 0 (as ``generate``
+    numbers them; padding gets 0 too)."""
+    return (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def unwrap_lora(lm: torch.nn.Module) -> torch.nn.Module:
+    """The model under PEFT's wrapper (or ``lm`` itself): PEFT injects its LoRA layers into the
+    model it wraps and the wrapper only calls it, so the wrapped model's body and output layer
+    are the adapted ones."""
+    return lm.get_base_model() if is_lora(lm) else lm
 
 
 def _prompt_shared_hidden(
@@ -329,9 +339,8 @@ def cache_argument(model: torch.nn.Module) -> str:
     """transformers 5.2x names the forward's cache argument ``cache``; earlier, ``past_key_values``."""
     import inspect
 
-    if is_lora(model):  # PEFT's wrapper forwards **kwargs: ask the model it wraps
-        model = model.get_base_model()
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    forward = unwrap_lora(model).forward  # PEFT's wrapper forwards **kwargs: ask the model it wraps
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 _WARNED: set[str] = set()

@@ -9,8 +9,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from sfpo_rllib.engines.base import Completion, RolloutEngine, SamplingParams
-from sfpo_rllib.logprobs import cache_argument, distinct_prompt_pass
-from sfpo_rllib.lora import is_lora
+from sfpo_rllib.logprobs import cache_argument, distinct_prompt_pass, left_padded_positions, unwrap_lora
 
 
 class InverseCdfSampler(LogitsProcessor):
@@ -155,9 +154,8 @@ class HFGenerateEngine(RolloutEngine):
         if input_ids.shape[1] < 2:
             return None
         prefix_ids, prefix_mask = input_ids[:, :-1], attention_mask[:, :-1]
-        position_ids = (prefix_mask.cumsum(dim=-1) - 1).clamp(min=0)  # generate's, for left padding
-        lm = self.model.get_base_model() if is_lora(self.model) else self.model
-        shared = distinct_prompt_pass(lm.base_model, prefix_ids, prefix_mask, position_ids)
+        body = unwrap_lora(self.model).base_model
+        shared = distinct_prompt_pass(body, prefix_ids, prefix_mask, left_padded_positions(prefix_mask))
         return None if shared is None else shared[1]
 
     def _strip(self, row: list[int], max_new_tokens: int) -> list[int]:
